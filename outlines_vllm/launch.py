@@ -1,0 +1,158 @@
+"""Start vLLM engines and servers on this machine with settings that work without a GPU.
+
+The CLI, the benchmarks and the tests all start engines the same way, from here. On CPU an
+engine needs an explicit KV-cache size (vLLM otherwise reserves most of a NUMA node and
+refuses to start when that much is not free) and eager mode (skips a 90 s torch.compile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+CPU_KV_CACHE_BYTES = 1 << 30  # plenty for a 135M model with 2k context, and starts anywhere
+DEFAULT_MAX_MODEL_LEN = 2048
+
+
+def has_gpu() -> bool:
+    """Whether an NVIDIA GPU is visible, without importing torch."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def engine_kwargs(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` / ``AsyncEngineArgs``: CPU-safe defaults, then yours."""
+    kwargs: dict[str, Any] = {}
+    if not has_gpu():
+        kwargs = {
+            "enforce_eager": True,
+            "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
+            "max_model_len": DEFAULT_MAX_MODEL_LEN,
+        }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def server_args(engine: dict[str, Any]) -> list[str]:
+    """The same engine keywords as ``vllm.entrypoints.openai.api_server`` flags."""
+    args: list[str] = []
+    for key, value in engine.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """A vLLM OpenAI-compatible server in a subprocess on loopback, stopped with its whole tree.
+
+    The server runs in its own session (process group), so stopping it kills the API server and
+    the engine-core processes it spawned. Its log goes to ``log_path`` for post-mortems.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        served_model_name: str | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+        **engine: Any,
+    ) -> None:
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path or tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
+        self.command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model),
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            *(["--served-model-name", served_model_name] if served_model_name else []),
+            *server_args(engine_kwargs(**engine)),
+            *extra_args,
+        ]  # fmt: skip
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 300.0) -> LocalServer:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"vLLM server not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace``."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        _signal_group(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace)
+        _signal_group(pgid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+        deadline = time.monotonic() + grace
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)

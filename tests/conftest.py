@@ -1,0 +1,85 @@
+"""Shared fixtures. Engines are slow to start (about 35 s each here), so each kind is started once
+per session and shared: ``llm`` (an embedded ``vllm.LLM``) and ``vllm_server`` (a real vLLM
+OpenAI server on loopback, stopped with its whole process tree at the end).
+
+Tests that use them are marked ``engine`` automatically; ``pytest -m "not engine"`` runs the
+fast unit tests alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SERVED_NAME = "smollm2"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ENGINE_FIXTURES = {"llm", "model_path", "vllm_server", "openai_client", "async_openai_client"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    from outlines_vllm.default_model import prepare
+
+    return prepare()
+
+
+@pytest.fixture(scope="session")
+def llm(model_path: Path) -> Iterator[object]:
+    """One embedded engine for the whole session, its compute threads on core 0."""
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0")
+    from vllm import LLM
+
+    from outlines_vllm.launch import engine_kwargs
+
+    engine = LLM(str(model_path), seed=0, **engine_kwargs())
+    yield engine
+    engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real vLLM OpenAI-compatible server on a free loopback port, its threads on core 1."""
+    from outlines_vllm.launch import LocalServer, group_alive
+
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    server = LocalServer(
+        model_path, served_model_name=SERVED_NAME, log_path=log, env={"VLLM_CPU_OMP_THREADS_BIND": "1"}
+    )
+    server.start()
+    pgid = server.process.pid
+    try:
+        yield server
+    finally:
+        server.stop()
+        # No process of the server's group (API server, engine core, workers) outlives the run.
+        assert not group_alive(pgid), f"processes of the vLLM server group {pgid} are still running"
+
+
+@pytest.fixture(scope="session")
+def openai_client(vllm_server: object) -> object:
+    import openai
+
+    return openai.OpenAI(base_url=vllm_server.base_url + "/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def async_openai_client(vllm_server: object) -> object:
+    import openai
+
+    return openai.AsyncOpenAI(base_url=vllm_server.base_url + "/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def schemas_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"shared data folder {DATA} is not present")
+    return DATA / "jsonschemabench"
