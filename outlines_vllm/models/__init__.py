@@ -1,0 +1,1 @@
+"""Models: online (a vLLM server through the openai SDK) and offline (an embedded vLLM engine)."""
