@@ -64,6 +64,11 @@ class ConstraintRejectedError(OutlinesVLLMError, ValueError):
         )
 
 
+class InvalidRequestError(OutlinesVLLMError, ValueError):
+    """The call's arguments cannot be honoured together (e.g. two constraints, chat input on
+    the completions endpoint, streaming with ``n > 1``)."""
+
+
 class ServerUnavailableError(OutlinesVLLMError, ConnectionError):
     """The vLLM server cannot be reached."""
 

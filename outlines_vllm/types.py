@@ -21,9 +21,11 @@ Supported output types:
 
 Compact JSON (the default) removes the whitespace the model may otherwise pad JSON with: on
 the default model it cut tokens per object from 92 to 33 and truncations from 3/32 to 0
-(DESIGN.md). vLLM ignores ``disable_any_whitespace`` per request, so compact JSON is sent as a
+(DESIGN.md; re-measured in docs/compact-json.md). vLLM ignores ``disable_any_whitespace`` and
+``whitespace_pattern`` per request, so compact JSON (and a ``whitespace_pattern``) is sent as a
 grammar compiled from the schema by xgrammar (which vLLM itself uses); without xgrammar
-installed the schema is sent as ``json`` and whitespace stays free.
+installed the schema is sent as ``json`` and whitespace stays free. The constraint kind stays
+``json`` either way (metrics, reports and the ``X-Outlines-Constraint`` header say ``json``).
 """
 
 from __future__ import annotations
@@ -100,13 +102,16 @@ class Constraint:
 
     def structured_outputs(self) -> dict[str, Any]:
         """The ``structured_outputs`` fields vLLM takes, online (request body) and offline
-        (``StructuredOutputsParams(**fields)``)."""
+        (``StructuredOutputsParams(**fields)``).
+
+        Compact JSON and a whitespace pattern are sent as a grammar built from the schema,
+        because vLLM 0.32's backends ignore ``disable_any_whitespace`` and ``whitespace_pattern``
+        per request."""
+        if self.kind == "json" and self.whitespace_pattern is not None:
+            return {"grammar": json_grammar(self.value, self.whitespace_pattern)}
         if self.kind == "json" and self.compact and (grammar := compact_json_grammar(self.value)):
             return {"grammar": grammar}
-        fields: dict[str, Any] = {self.kind: self.value}
-        if self.whitespace_pattern is not None:
-            fields["whitespace_pattern"] = self.whitespace_pattern
-        return fields
+        return {self.kind: self.value}
 
 
 @dataclass(frozen=True)
@@ -129,10 +134,12 @@ class OutputSpec:
 
 # --- simple types: a regex and a converter back ------------------------------------------------
 
-_INT = r"-?(0|[1-9][0-9]*)"
+# Digits are bounded (16 significant, 3 in an exponent): a small model otherwise keeps
+# emitting digits until max_tokens and the value is lost to truncation.
+_INT = r"-?(0|[1-9][0-9]{0,15})"
 _SIMPLE: dict[Any, tuple[str, Callable[[str], Any]]] = {
     int: (_INT, int),
-    float: (_INT + r"(\.[0-9]+)?([eE][-+]?[0-9]+)?", float),
+    float: (_INT + r"(\.[0-9]{1,16})?([eE][-+]?[0-9]{1,3})?", float),
     bool: (r"(True|False)", lambda s: s == "True"),
     dt.date: (r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", dt.date.fromisoformat),
     dt.time: (r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d", dt.time.fromisoformat),
@@ -154,8 +161,9 @@ def output_spec(
     """Translate ``output_type`` once into a constraint and a parser.
 
     ``compact`` sends JSON without free whitespace (see the module docstring);
-    ``whitespace_pattern`` is passed to backends that honor it (guidance, outlines) when
-    ``compact`` is off; ``additional_properties=False`` closes every object in the schema.
+    ``whitespace_pattern`` (an EBNF/regex fragment such as ``[ ]?`` or ``[\\n ]{0,2}``) is the
+    only whitespace allowed between JSON tokens, and overrides ``compact``;
+    ``additional_properties=False`` closes every object in the schema.
     """
     if isinstance(output_type, OutputSpec):
         return output_type
@@ -370,6 +378,37 @@ def _compact_grammar_cached(schema_json: str) -> str | None:
 def compact_json_grammar(schema: dict[str, Any]) -> str | None:
     """An EBNF grammar for ``schema`` with no free whitespace, or None without xgrammar."""
     return _compact_grammar_cached(json.dumps(schema, sort_keys=True))
+
+
+_FREE_WHITESPACE = "[ \\n\\r\\t]*"  # how xgrammar writes JSON's free whitespace in EBNF
+
+
+@functools.lru_cache(maxsize=256)
+def _whitespace_grammar_cached(schema_json: str, whitespace_pattern: str) -> str:
+    try:
+        import xgrammar
+    except ImportError as exc:
+        raise InvalidSchemaError(
+            "whitespace_pattern needs xgrammar (pip install 'outlines-vllm[compact]')"
+        ) from exc
+    try:
+        free = str(xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=True))
+    except Exception as exc:
+        raise InvalidSchemaError(f"cannot compile the JSON schema to a grammar: {exc}") from exc
+    grammar = free.replace(_FREE_WHITESPACE, f"({whitespace_pattern})")
+    try:
+        xgrammar.Grammar.from_ebnf(grammar)
+    except Exception as exc:
+        raise InvalidSchemaError(
+            f"whitespace_pattern {whitespace_pattern!r} is not a valid EBNF fragment (use character "
+            "classes and ?, *, +, {m,n}, e.g. '[ ]?'): " + _first_line(exc)
+        ) from exc
+    return grammar
+
+
+def json_grammar(schema: dict[str, Any], whitespace_pattern: str) -> str:
+    """An EBNF grammar for ``schema`` whose only whitespace between tokens is ``whitespace_pattern``."""
+    return _whitespace_grammar_cached(json.dumps(schema, sort_keys=True), whitespace_pattern)
 
 
 def _first_line(exc: Exception) -> str:
