@@ -2,6 +2,7 @@
 
 from .errors import (
     ConstraintRejectedError,
+    InvalidRequestError,
     InvalidSchemaError,
     OutlinesVLLMError,
     OutputValidationError,
@@ -11,13 +12,19 @@ from .errors import (
     UnsupportedOutputTypeError,
     UnsupportedServerError,
 )
+from .inputs import Chat
+from .models.online import VLLM, AsyncVLLM, from_vllm
 from .types import CFG, Choice, Constraint, JsonObject, JsonSchema, OutputSpec, Regex, output_spec
 
 __all__ = [
     "CFG",
+    "VLLM",
+    "AsyncVLLM",
+    "Chat",
     "Choice",
     "Constraint",
     "ConstraintRejectedError",
+    "InvalidRequestError",
     "InvalidSchemaError",
     "JsonObject",
     "JsonSchema",
@@ -30,5 +37,6 @@ __all__ = [
     "TruncatedOutputError",
     "UnsupportedOutputTypeError",
     "UnsupportedServerError",
+    "from_vllm",
     "output_spec",
 ]
