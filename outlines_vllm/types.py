@@ -176,6 +176,7 @@ def output_spec(
         if additional_properties is not None:
             schema = _set_additional_properties(schema, additional_properties)
         constraint = Constraint("json", schema, compact, whitespace_pattern)
+        constraint.structured_outputs()  # a schema the grammar compiler rejects fails here, early
         spec = dataclasses.replace(spec, constraint=constraint)
     return spec
 
@@ -231,7 +232,7 @@ def _from_outlines(tp: Any) -> OutputSpec | None:
 def _is_json_type(tp: Any) -> bool:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return True
-    if typing.is_typeddict(tp):
+    if _is_typeddict(tp):
         return True
     if isinstance(tp, type):
         try:
@@ -245,12 +246,19 @@ def _is_json_type(tp: Any) -> bool:
     )
 
 
+def _is_typeddict(tp: Any) -> bool:
+    """typing's and typing_extensions' TypedDicts (pydantic wants the latter before Python 3.12)."""
+    import typing_extensions
+
+    return typing.is_typeddict(tp) or typing_extensions.is_typeddict(tp)
+
+
 def _pydantic_spec(tp: Any) -> OutputSpec:
     from pydantic import TypeAdapter
     from pydantic import ValidationError as PydanticValidationError
 
-    adapter = TypeAdapter(tp)
     try:
+        adapter = TypeAdapter(tp)
         schema = adapter.json_schema()
     except Exception as exc:  # pydantic raises several types for unschematizable fields
         raise UnsupportedOutputTypeError(f"cannot build a JSON schema for {tp!r}: {exc}") from exc
