@@ -77,5 +77,24 @@ class UnsupportedServerError(OutlinesVLLMError):
     """The server's vLLM is too old to apply constraints the way we send them."""
 
 
+class InvalidPromptError(OutlinesVLLMError, TypeError):
+    """A prompt is neither text nor a list of chat messages."""
+
+
+class UnsupportedModelError(OutlinesVLLMError, TypeError):
+    """``load`` / ``from_vllm_offline`` got neither a server URL, an existing local model folder
+    nor a vLLM engine (``vllm.LLM`` or ``AsyncLLM``)."""
+
+
+class InvalidSamplingError(OutlinesVLLMError, ValueError):
+    """Offline generation arguments that cannot be honoured: an unknown keyword, or a caller's
+    own ``structured_outputs`` beside an output type."""
+
+
+class OfflineJobError(OutlinesVLLMError, ValueError):
+    """An offline job cannot start: bad job spec, unreadable input, or an output file that
+    belongs to another input."""
+
+
 def _preview(text: str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
