@@ -1,0 +1,317 @@
+"""The one request builder and response parser: exact request bodies, extra_body merging without
+mutation, response checking, and version awareness against a stand-in HTTP server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
+
+import openai
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
+
+from outlines_vllm import (
+    CFG,
+    Chat,
+    InvalidRequestError,
+    JsonObject,
+    RefusalError,
+    Regex,
+    TruncatedOutputError,
+    UnsupportedServerError,
+    from_vllm,
+    output_spec,
+)
+from outlines_vllm.errors import OutputValidationError
+from outlines_vllm.models.online import VLLM, AsyncVLLM
+from outlines_vllm.models.request import (
+    CONSTRAINT_HEADER,
+    PartialObjects,
+    build_request,
+    check_server_version,
+)
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+USER = [{"role": "user", "content": "hi"}]
+
+
+class Item(BaseModel):
+    a: int
+
+
+def body(output_type, **kwargs):
+    return build_request("m", "hi", output_type, kwargs, server_version="0.32.0").body
+
+
+@pytest.mark.parametrize(
+    ("output_type", "structured_outputs", "kind"),
+    [
+        (output_spec(SCHEMA, compact=False), {"json": SCHEMA}, "json"),
+        (SCHEMA, {"grammar": output_spec(SCHEMA).constraint.structured_outputs()["grammar"]}, "json"),
+        (Regex("[0-9]+"), {"regex": "[0-9]+"}, "regex"),
+        (Literal["yes", "no"], {"choice": ["yes", "no"]}, "choice"),
+        (CFG('start: "a"'), {"grammar": 'start: "a"'}, "grammar"),
+        (JsonObject, {"json_object": True}, "json_object"),
+    ],
+)
+def test_exact_body_for_each_constraint_kind(output_type, structured_outputs, kind):
+    assert body(output_type, max_tokens=5) == {
+        "model": "m",
+        "messages": USER,
+        "max_tokens": 5,
+        "extra_body": {"structured_outputs": structured_outputs},
+        "extra_headers": {CONSTRAINT_HEADER: kind},
+    }
+
+
+def test_free_text_sends_no_structured_outputs_and_labels_none():
+    assert body(None) == {"model": "m", "messages": USER, "extra_headers": {CONSTRAINT_HEADER: "none"}}
+
+
+def test_completions_endpoint_sends_the_prompt_text_and_streaming_sets_stream():
+    request = build_request("m", "Once", Regex("a"), {}, endpoint="completions", stream=True)
+    assert request.endpoint == "completions"
+    assert request.body == {
+        "model": "m",
+        "prompt": "Once",
+        "stream": True,
+        "extra_body": {"structured_outputs": {"regex": "a"}},
+        "extra_headers": {CONSTRAINT_HEADER: "regex"},
+    }
+
+
+def test_chat_inputs_become_messages():
+    chat = Chat().add_system_message("be brief").add_user_message("hi")
+    assert build_request("m", chat, None, {}).body["messages"] == chat.messages
+    assert build_request("m", USER, None, {}).body["messages"] == USER
+
+
+def test_extra_body_is_deep_merged_into_a_copy_and_never_mutated():
+    extra_body = {"structured_outputs": {"backend": "xgrammar"}, "top_k": 5, "nested": {"x": [1]}}
+    extra_headers = {"X-Trace": "1"}
+    kwargs = {"extra_body": extra_body, "extra_headers": extra_headers, "temperature": 0}
+    before = copy.deepcopy(kwargs)
+    sent = build_request("m", "hi", Regex("a"), kwargs).body
+    assert sent["extra_body"] == {
+        "structured_outputs": {"backend": "xgrammar", "regex": "a"},
+        "top_k": 5,
+        "nested": {"x": [1]},
+    }
+    assert sent["extra_headers"] == {"X-Trace": "1", CONSTRAINT_HEADER: "regex"}
+    assert sent["temperature"] == 0
+    assert kwargs == before
+    sent["extra_body"]["nested"]["x"].append(2)
+    assert extra_body["nested"]["x"] == [1]  # a deep copy, not a shallow one
+
+
+def test_extra_body_none_and_callers_own_constraint_without_output_type():
+    assert body(Regex("a"), extra_body=None)["extra_body"] == {"structured_outputs": {"regex": "a"}}
+    own = {"structured_outputs": {"regex": "b"}}
+    assert body(None, extra_body=own)["extra_body"] == own
+
+
+def test_two_constraints_at_once_is_a_named_error():
+    with pytest.raises(InvalidRequestError, match="already holds a constraint"):
+        body(Regex("a"), extra_body={"structured_outputs": {"json": SCHEMA}})
+
+
+def test_bad_call_arguments_are_named_errors():
+    with pytest.raises(InvalidRequestError, match=r"\.stream"):
+        body(None, stream=True)
+    with pytest.raises(InvalidRequestError, match="n=1"):
+        build_request("m", "hi", None, {"n": 2}, stream=True)
+    with pytest.raises(InvalidRequestError, match="endpoint"):
+        build_request("m", "hi", None, {}, endpoint="embeddings")
+    with pytest.raises(Exception, match="string"):
+        build_request("m", USER, None, {}, endpoint="completions")
+
+
+@pytest.mark.parametrize("version", ["0.11.2", "0.6.3.post1", "v0.9.0"])
+def test_servers_older_than_0_12_are_refused_for_constraints(version):
+    with pytest.raises(UnsupportedServerError, match="upgrade"):
+        check_server_version(version)
+    with pytest.raises(UnsupportedServerError):
+        build_request("m", "hi", Regex("a"), {}, server_version=version)
+    build_request("m", "hi", None, {}, server_version=version)  # free text is fine anywhere
+
+
+@pytest.mark.parametrize("version", ["0.12.0", "0.32.0+cpu", "1.0.0rc1", None])
+def test_current_or_unknown_servers_pass(version):
+    check_server_version(version)
+
+
+def chat_response(*choices):
+    return ChatCompletion.model_validate(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {"index": i, "finish_reason": finish, "message": {"role": "assistant", **message}}
+                for i, (message, finish) in enumerate(choices)
+            ],
+        }
+    )
+
+
+def test_response_parser_returns_values_and_reasoning():
+    request = build_request("m", "hi", Item, {"n": 2})
+    response = chat_response(
+        ({"content": '{"a":2}', "reasoning": "thinking"}, "stop"), ({"content": '{"a":3}'}, "stop")
+    )
+    first, second = request.generations(response)
+    assert (first.value, first.reasoning, first.finish_reason) == (Item(a=2), "thinking", "stop")
+    assert second.value == Item(a=3) and second.text == '{"a":3}'
+
+
+def test_response_parser_raises_on_truncation_refusal_and_invalid_output():
+    request = build_request("m", "hi", Item, {"max_tokens": 3})
+    with pytest.raises(TruncatedOutputError, match="max_tokens=3") as info:
+        request.generations(chat_response(({"content": '{"a'}, "length")))
+    assert info.value.text == '{"a'
+    with pytest.raises(RefusalError, match="no way"):
+        request.generations(chat_response(({"content": None, "refusal": "no way"}, "stop")))
+    with pytest.raises(OutputValidationError):
+        request.generations(chat_response(({"content": '{"b":1}'}, "stop")))
+    # free text cut at max_tokens is still text, as in Outlines
+    free = build_request("m", "hi", None, {})
+    assert free.generations(chat_response(({"content": "Once upon"}, "length")))[0].value == "Once upon"
+
+
+def test_completions_responses_are_read_from_choice_text():
+    request = build_request("m", "hi", int, {}, endpoint="completions")
+    response = Completion.model_validate(
+        {
+            "id": "x",
+            "object": "text_completion",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "text": "42", "finish_reason": "stop", "logprobs": None}],
+        }
+    )
+    assert request.generations(response)[0].value == 42
+
+
+def chunk(content=None, finish=None, **delta):
+    return ChatCompletionChunk.model_validate(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content, **delta}, "finish_reason": finish}],
+        }
+    )
+
+
+def test_stream_reader_yields_deltas_and_checks_the_whole_text_at_the_end():
+    reader = build_request("m", "hi", Item, {}, stream=True).reader()
+    deltas = [reader.feed(c) for c in (chunk('{"a"', reasoning="r"), chunk(":1}"), chunk(finish="stop"))]
+    assert deltas == ['{"a"', ":1}", ""]
+    assert reader.reasoning == "r"
+    assert reader.finish() == Item(a=1)
+    cut = build_request("m", "hi", Item, {}, stream=True).reader()
+    cut.feed(chunk('{"a"', finish="length"))
+    with pytest.raises(TruncatedOutputError):
+        cut.finish()
+
+
+def test_partial_objects_report_each_new_state_once():
+    partials = PartialObjects()
+    seen = [p for delta in ['{"name": "Al', "", 'i", "tags": [', '"x"]}'] for p in partials.feed(delta)]
+    assert seen == [{"name": "Al"}, {"name": "Ali", "tags": []}, {"name": "Ali", "tags": ["x"]}]
+
+
+# --- version awareness and model discovery, against a stand-in HTTP server -------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    version = "0.11.0"
+    models = ("old-model",)
+    posts: list[str] = []  # noqa: RUF012 - shared on purpose: the test reads what was posted
+
+    def do_GET(self):
+        if self.path == "/version":
+            self._json({"version": self.version})
+        elif self.path == "/v1/models":
+            self._json({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+        else:
+            self._json({"error": {"message": "not found"}}, 404)
+
+    def do_POST(self):
+        type(self).posts.append(self.path)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._json(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "old-model",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": "hello"},
+                    }
+                ],
+            }
+        )
+
+    def _json(self, payload, status=200):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def old_server():
+    _Handler.posts = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_old_server_raises_at_first_constrained_use_and_nothing_is_sent(old_server):
+    model = from_vllm(openai.OpenAI(base_url=old_server + "/v1", api_key="x", max_retries=0))
+    assert isinstance(model, VLLM)
+    assert model("hi") == "hello"  # free text works on any server
+    assert (model.model_name, model.server_version) == ("old-model", "0.11.0")
+    with pytest.raises(UnsupportedServerError, match=r"0\.11\.0"):
+        model("hi", Item)
+    assert _Handler.posts == ["/v1/chat/completions"]  # only the free-text call reached it
+
+
+async def test_the_async_model_checks_the_version_too(old_server):
+    model = from_vllm(openai.AsyncOpenAI(base_url=old_server + "/v1", api_key="x", max_retries=0))
+    assert isinstance(model, AsyncVLLM)
+    with pytest.raises(UnsupportedServerError):
+        await model("hi", Regex("a"))
+    assert _Handler.posts == []
+
+
+def test_several_served_models_need_a_model_name(old_server, monkeypatch):
+    monkeypatch.setattr(_Handler, "models", ("a", "b"))
+    with pytest.raises(InvalidRequestError, match="model_name"):
+        from_vllm(openai.OpenAI(base_url=old_server + "/v1", api_key="x"))("hi")
+    named = from_vllm(openai.OpenAI(base_url=old_server + "/v1", api_key="x"), model_name="b")
+    assert named("hi") == "hello"
+
+
+def test_from_vllm_refuses_other_clients():
+    with pytest.raises(TypeError, match=r"openai\.OpenAI"):
+        from_vllm(object())
