@@ -107,10 +107,12 @@ class Constraint:
         Compact JSON and a whitespace pattern are sent as a grammar built from the schema,
         because vLLM 0.32's backends ignore ``disable_any_whitespace`` and ``whitespace_pattern``
         per request."""
-        if self.kind == "json" and self.whitespace_pattern is not None:
-            return {"grammar": json_grammar(self.value, self.whitespace_pattern)}
-        if self.kind == "json" and self.compact and (grammar := compact_json_grammar(self.value)):
-            return {"grammar": grammar}
+        if self.kind in ("json", "json_object"):
+            schema = self.value if self.kind == "json" else {"type": "object"}
+            if self.whitespace_pattern is not None:
+                return {"grammar": json_grammar(schema, self.whitespace_pattern)}
+            if self.compact and (grammar := compact_json_grammar(schema)):
+                return {"grammar": grammar}
         return {self.kind: self.value}
 
 
@@ -171,11 +173,11 @@ def output_spec(
         return OutputSpec(None, str, output_type)
     spec = _from_outlines(output_type) or _translate(output_type)
     constraint = spec.constraint
-    if constraint and constraint.kind == "json":
+    if constraint and constraint.kind in ("json", "json_object"):
         schema = constraint.value
-        if additional_properties is not None:
+        if additional_properties is not None and constraint.kind == "json":
             schema = _set_additional_properties(schema, additional_properties)
-        constraint = Constraint("json", schema, compact, whitespace_pattern)
+        constraint = Constraint(constraint.kind, schema, compact, whitespace_pattern)
         constraint.structured_outputs()  # a schema the grammar compiler rejects fails here, early
         spec = dataclasses.replace(spec, constraint=constraint)
     return spec

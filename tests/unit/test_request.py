@@ -56,7 +56,12 @@ def body(output_type, **kwargs):
         (Regex("[0-9]+"), {"regex": "[0-9]+"}, "regex"),
         (Literal["yes", "no"], {"choice": ["yes", "no"]}, "choice"),
         (CFG('start: "a"'), {"grammar": 'start: "a"'}, "grammar"),
-        (JsonObject, {"json_object": True}, "json_object"),
+        (output_spec(JsonObject, compact=False), {"json_object": True}, "json_object"),
+        (
+            JsonObject,
+            {"grammar": output_spec(JsonObject).constraint.structured_outputs()["grammar"]},
+            "json_object",
+        ),
     ],
 )
 def test_exact_body_for_each_constraint_kind(output_type, structured_outputs, kind):

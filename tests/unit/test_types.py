@@ -137,8 +137,10 @@ def test_regex_cfg_and_json_object():
     assert output_spec(Regex(r"[a-z]+")).parse("abc") == "abc"
     lark = 'start: "yes" | "no"'
     assert output_spec(CFG(lark)).constraint.structured_outputs() == {"grammar": lark}
-    spec = output_spec(JsonObject)
+    spec = output_spec(JsonObject, compact=False)
     assert spec.constraint.structured_outputs() == {"json_object": True}
+    compact = output_spec(JsonObject).constraint.structured_outputs()
+    assert compact == {"grammar": compact_json_grammar({"type": "object"})}
     assert spec.parse('{"any": [1]}') == {"any": [1]}
     with pytest.raises(OutputValidationError, match="not a JSON object"):
         spec.parse("[1]")
