@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="structured generation on the default model, offline and online")
     demo.add_argument("--offline-only", action="store_true", help="skip the local server")
     demo.set_defaults(run=_demo)
+
+    from .offline.cli import add_parser as add_offline_parser
+
+    add_offline_parser(commands)
     return parser
 
 

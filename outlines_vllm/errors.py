@@ -86,11 +86,6 @@ class UnsupportedModelError(OutlinesVLLMError, TypeError):
     nor a vLLM engine (``vllm.LLM`` or ``AsyncLLM``)."""
 
 
-class InvalidSamplingError(OutlinesVLLMError, ValueError):
-    """Offline generation arguments that cannot be honoured: an unknown keyword, or a caller's
-    own ``structured_outputs`` beside an output type."""
-
-
 class OfflineJobError(OutlinesVLLMError, ValueError):
     """An offline job cannot start: bad job spec, unreadable input, or an output file that
     belongs to another input."""

@@ -1,0 +1,5 @@
+"""Offline batch jobs: JSONL in, JSONL out, resumable, locally or data-parallel on Ray Data."""
+
+from .job import JobResult, JobSpec, load_spec, make_spec, run_job
+
+__all__ = ["JobResult", "JobSpec", "load_spec", "make_spec", "run_job"]
