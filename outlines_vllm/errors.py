@@ -91,5 +91,9 @@ class OfflineJobError(OutlinesVLLMError, ValueError):
     belongs to another input."""
 
 
+class ManifestError(OutlinesVLLMError, ValueError):
+    """The Kubernetes manifests in ``k8s/`` do not build or do not validate; the message says which."""
+
+
 def _preview(text: str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
