@@ -6,9 +6,9 @@ ENGINE ?= $(shell test -e /dev/nvidiactl && echo vllm || echo cpu)
 EXTRAS := $(ENGINE),serve,bench,dev
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: setup model demo test unit lint clean
+.PHONY: setup model checkov demo test unit lint clean
 
-setup: $(STAMP) model
+setup: $(STAMP) model checkov
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing outlines-vllm[$(EXTRAS)]"
@@ -24,13 +24,17 @@ model: $(STAMP)
 	@echo "==> default model"
 	@$(VENV)/bin/outlines-vllm model path
 
+# checkov gets a venv of its own (its pins would downgrade vllm's dependencies in .venv).
+checkov:
+	@bash scripts/checkov-venv.sh
+
 demo: setup
 	$(VENV)/bin/outlines-vllm demo
 
 test: setup
 	$(VENV)/bin/pytest
 
-unit: $(STAMP)
+unit: $(STAMP) checkov
 	$(VENV)/bin/pytest -m "not engine"
 
 lint: $(STAMP)
@@ -38,4 +42,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache .ruff_cache
