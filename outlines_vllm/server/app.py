@@ -1,0 +1,114 @@
+"""Build and run the Ray Serve app: an ingress, a metrics hub, and one engine deployment per model.
+
+``build_app(args)`` is the Serve application builder that ``server/serve-config.yaml``
+(``import_path: outlines_vllm.server.app:build_app``), ``serve run`` / ``serve deploy`` and
+KubeRay's RayService use; ``run()`` is what ``outlines-vllm serve`` does on top of it.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from ray.serve import Application
+
+from .config import AppConfig, ModelConfig
+
+APP_NAME = "outlines-vllm"
+
+
+def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
+    """The app for ``args`` (an :class:`AppConfig` or its dict form, e.g. a config file's ``args``)."""
+    # The classes stay plain module classes (decorated here, not where they are defined) so Ray
+    # pickles them by reference instead of by value with their module globals.
+    from ray import serve
+
+    from .hub import MetricsHub
+    from .ingress import Ingress, app
+    from .replica import EngineReplica
+
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
+    hub = serve.deployment(
+        MetricsHub,
+        name="metrics-hub",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+    ).bind(ttl_s=max(10.0, 5 * config.metrics_push_period_s))
+    engines = {
+        m.served_name: serve.deployment(
+            EngineReplica, name=m.deployment_name, **engine_options(m, config)
+        ).bind(m, hub, config.metrics_push_period_s)
+        for m in config.models
+    }
+    ingress = serve.deployment(
+        serve.ingress(app)(Ingress),
+        name="ingress",
+        num_replicas=config.ingress_replicas,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+    )
+    return ingress.bind(engines, hub, config)
+
+
+def engine_options(model: ModelConfig, config: AppConfig) -> dict[str, Any]:
+    """Serve options of one model's engine deployment: resources, scaling, health, shutdown."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": model.replica_cpus, "num_gpus": _gpus(model)},
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "health_check_period_s": config.health_check_period_s,
+        "health_check_timeout_s": config.health_check_timeout_s,
+        "graceful_shutdown_wait_loop_s": 1.0,
+        "graceful_shutdown_timeout_s": config.graceful_shutdown_timeout_s,
+    }
+    if model.replicas is not None:
+        options["num_replicas"] = model.replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": model.min_replicas,
+            "initial_replicas": max(model.min_replicas, 1),
+            "max_replicas": model.max_replicas,
+            "target_ongoing_requests": model.target_ongoing_requests,
+        }
+    return options
+
+
+def _gpus(model: ModelConfig) -> float:
+    """GPUs per replica: as configured, else its tensor-parallel size when the cluster has GPUs."""
+    if model.gpus_per_replica is not None:
+        return model.gpus_per_replica
+    import ray
+
+    from ..launch import has_gpu
+
+    cluster_gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    return float(model.tensor_parallel_size) if cluster_gpus or has_gpu() else 0.0
+
+
+def run(
+    config: AppConfig, *, host: str = "0.0.0.0", port: int = 8000, ray_address: str | None = None
+) -> None:
+    """Start (or join) Ray, deploy the app, serve until SIGINT/SIGTERM, then drain and stop."""
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    ray.init(address=ray_address, include_dashboard=False, logging_level="warning")
+    own_cluster = ray_address is None
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        names = [m.served_name for m in config.models]
+        print(f"outlines-vllm: starting {names} (engines take about a minute on CPU)...", flush=True)
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+        print(f"outlines-vllm: serving {names} at http://{host}:{port}/v1 (metrics at /metrics)", flush=True)
+        stop.wait()
+        print("outlines-vllm: draining in-flight requests and stopping...", flush=True)
+    finally:
+        if own_cluster:
+            serve.shutdown()
+            ray.shutdown()
+        else:
+            serve.delete(APP_NAME)

@@ -1,0 +1,64 @@
+"""``outlines-vllm serve``: the Ray Serve app from flags (the same app as server/serve-config.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="vLLM replicas on Ray Serve behind one OpenAI-compatible endpoint",
+        description="Run vLLM server replicas on Ray Serve behind one OpenAI-compatible ingress "
+        "(/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics). "
+        "Flags after '--' go to every replica's vLLM server.",
+    )
+    serve.add_argument("--model", default="default", help="model folder or name (default: the default model)")
+    serve.add_argument(
+        "--name", help="served model name (default: the folder name; 'smollm2' for the default)"
+    )
+    scale = serve.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, help="a fixed number of replicas")
+    scale.add_argument("--min-replicas", type=int, help="autoscaling lower bound (default 1)")
+    serve.add_argument("--max-replicas", type=int, help="autoscaling upper bound (default: min)")
+    serve.add_argument(
+        "--target-ongoing-requests", type=float, default=8, help="autoscaling target per replica"
+    )
+    serve.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per replica")
+    serve.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (or $OUTLINES_VLLM_API_KEY)"
+    )
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger request bodies get 413")
+    serve.add_argument(
+        "--ray-address", help="join this Ray cluster ('auto' for the local one) instead of starting Ray"
+    )
+    serve.add_argument("vllm_args", nargs="*", help="after '--': extra vLLM server flags")
+    serve.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from .config import AppConfig
+
+    model: dict[str, Any] = {
+        "model": args.model,
+        "name": args.name,
+        "target_ongoing_requests": args.target_ongoing_requests,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "vllm_args": args.vllm_args,
+    }
+    if args.replicas is not None:
+        model["replicas"] = args.replicas
+    else:
+        model["min_replicas"] = 1 if args.min_replicas is None else args.min_replicas
+        model["max_replicas"] = args.max_replicas or max(model["min_replicas"], 1)
+    return AppConfig(models=[model], api_key=args.api_key, max_body_bytes=args.max_body_bytes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .app import run as run_app
+
+    run_app(config_from_args(args), host=args.host, port=args.port, ray_address=args.ray_address)
+    return 0

@@ -1,0 +1,122 @@
+"""The Ray Serve app as the tests use it: ``outlines-vllm serve`` in a subprocess on loopback.
+
+Running the real CLI (rather than Ray inside pytest) tests the command users run, keeps Ray out
+of the pytest process (other tests embed vLLM there), and makes shutdown observable: after the
+CLI exits, no engine process marked by a replica may remain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from outlines_vllm.launch import free_port, group_alive
+from outlines_vllm.server.reaper import kill_marked, marked_processes
+
+API_KEY = "test-key"
+SERVED_NAME = "smollm2"
+
+
+class RayApp:
+    def __init__(self, model: Path, log_path: Path, *, replicas: int = 2) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.api_key = API_KEY
+        self.log_path = log_path
+        self.command = [
+            sys.executable, "-m", "outlines_vllm.cli", "serve",
+            "--model", str(model), "--name", SERVED_NAME,
+            "--replicas", str(replicas), "--api-key", API_KEY,
+            "--host", "127.0.0.1", "--port", str(self.port),
+        ]  # fmt: skip
+        self.replicas = replicas
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 420.0) -> RayApp:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"outlines-vllm serve exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.healthy_replicas() == self.replicas:
+                return self
+            time.sleep(2.0)
+        self.stop()
+        raise TimeoutError(f"the Ray app was not healthy after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def healthy_replicas(self) -> int:
+        status, body = self.get("/health")
+        if status not in (200, 503) or not body:
+            return 0
+        return int(json.loads(body).get("replicas", {}).get(SERVED_NAME, 0))
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """``{sample name: [(labels, value), ...]}`` from the ingress's /metrics."""
+        status, body = self.get("/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+        return samples
+
+    def engine_pids(self) -> dict[str, list[int]]:
+        """``{replica id: [pids of its vLLM processes]}``."""
+        by_replica: dict[str, list[int]] = {}
+        for pid, replica in marked_processes().items():
+            by_replica.setdefault(replica, []).append(pid)
+        return by_replica
+
+    def stop(self, timeout: float = 90.0) -> list[int]:
+        """SIGTERM the CLI (it drains and stops Ray); returns engine pids that outlived it."""
+        if self.process is None:
+            return []
+        pgid = self.process.pid
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+        deadline = time.monotonic() + 20
+        while marked_processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        leftovers = kill_marked()
+        if group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+        return leftovers
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def metric_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **match: Any) -> float:
+    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == w for k, w in match.items()))

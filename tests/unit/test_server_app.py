@@ -1,0 +1,224 @@
+"""The server app's pure parts, without Ray or an engine: request checks, metrics merging,
+output checks, configuration (flags and server/serve-config.yaml) and the Serve options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from outlines_vllm import metrics
+from outlines_vllm.cli import build_parser
+from outlines_vllm.server.app import engine_options
+from outlines_vllm.server.cli import config_from_args
+from outlines_vllm.server.config import AppConfig, ModelConfig
+from outlines_vllm.server.exposition import merge
+from outlines_vllm.server.observe import Observation
+from outlines_vllm.server.replica import cpu_cores
+from outlines_vllm.server.validation import CHAT, COMPLETIONS, BadRequest, inspect_request
+
+CONFIG = Path(__file__).resolve().parents[2] / "server" / "serve-config.yaml"
+MODELS = {"smollm2", "other"}
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def check(body: object, endpoint: str = CHAT, header: str | None = None, models: set[str] = MODELS):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return inspect_request(raw, endpoint, models, header)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ({"model": "smollm2", "messages": MSG}, "none"),
+        ({"model": "smollm2", "messages": MSG, "structured_outputs": {"json": {"type": "object"}}}, "json"),
+        ({"model": "smollm2", "messages": MSG, "structured_outputs": {"regex": "a+"}}, "regex"),
+        ({"model": "smollm2", "messages": MSG, "structured_outputs": {"choice": ["a"]}}, "choice"),
+        ({"model": "smollm2", "messages": MSG, "structured_outputs": {"grammar": "root ::= 'a'"}}, "grammar"),
+        ({"model": "smollm2", "messages": MSG, "structured_outputs": {"json_object": True}}, "json_object"),
+        ({"model": "smollm2", "messages": MSG, "response_format": {"type": "json_object"}}, "json_object"),
+        ({"model": "smollm2", "messages": MSG, "response_format": {"type": "text"}}, "none"),
+        (
+            {
+                "model": "smollm2",
+                "messages": MSG,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object"}},
+                },
+            },
+            "json",
+        ),
+    ],
+)
+def test_constraint_kind_comes_from_the_body(body: dict, kind: str) -> None:
+    info = check(body)
+    assert info.kind == kind
+    assert info.body == json.dumps(body).encode(), "the body is forwarded untouched"
+
+
+def test_the_client_header_names_compact_json_sent_as_a_grammar() -> None:
+    body = {"model": "smollm2", "messages": MSG, "structured_outputs": {"grammar": "root ::= '{}'"}}
+    info = check(body, header="json")
+    assert (info.kind, info.json_text, info.spec) == ("json", True, None)
+    assert check(body, header="bogus").kind == "grammar", "unknown header values are ignored"
+
+
+def test_a_missing_model_is_filled_in_only_when_one_model_is_served() -> None:
+    info = check({"prompt": "hi"}, COMPLETIONS, models={"smollm2"})
+    assert info.model == "smollm2" and json.loads(info.body)["model"] == "smollm2"
+    with pytest.raises(BadRequest, match="'model' is required"):
+        check({"prompt": "hi"}, COMPLETIONS)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{oops", 400, "not valid JSON"),
+        (b"[1]", 400, "JSON object"),
+        ({"model": "gpt-4", "messages": MSG}, 404, "does not exist"),
+        (
+            {"model": "smollm2", "messages": MSG, "structured_outputs": {"json": {"type": 3}}},
+            400,
+            "invalid JSON schema",
+        ),
+        ({"model": "smollm2", "messages": MSG, "structured_outputs": {"regex": "(a"}}, 400, "invalid regex"),
+        ({"model": "smollm2", "messages": MSG, "guided_json": {}}, 400, "removed in vLLM 0.12"),
+        ({"model": "smollm2", "messages": MSG, "max_tokens": "3"}, 400, "positive integer"),
+        ({"model": "smollm2", "messages": "hi"}, 400, "non-empty list"),
+    ],
+)
+def test_client_mistakes_are_4xx_with_the_reason(body: object, status: int, fragment: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        check(body)
+    assert caught.value.status == status
+    assert fragment in caught.value.body()["error"]["message"]
+
+
+def test_merge_makes_one_valid_exposition_with_source_labels() -> None:
+    vllm = (
+        "# HELP vllm:num_requests_running Running.\n# TYPE vllm:num_requests_running gauge\n"
+        'vllm:num_requests_running{model_name="smollm2"} 1.0\n'
+    )
+    ours = '# HELP outlines_vllm_x_total X.\n# TYPE outlines_vllm_x_total counter\noutlines_vllm_x_total{model="m"} 2.0\n'
+    text = merge([(vllm, {"replica": "a"}), (vllm, {"replica": "b"}), (ours, {"ingress": "i"})]).decode()
+    assert text.count("# TYPE vllm:num_requests_running gauge") == 1
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    replicas = sorted(s.labels["replica"] for s in families["vllm:num_requests_running"].samples)
+    assert replicas == ["a", "b"]
+    assert families["outlines_vllm_x"].samples[0].labels == {"model": "m", "ingress": "i"}
+
+
+def _sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_observation_counts_truncated_and_invalid_outputs() -> None:
+    body = {"model": "smollm2", "messages": MSG, "structured_outputs": {"regex": "[0-9]+"}}
+    labels = {"model": "smollm2", "constraint": "regex", "replica": "r9"}
+    before = (
+        _sample(metrics.NAMES["structured_invalid"], **labels),
+        _sample(metrics.NAMES["structured_truncated"], **labels),
+    )
+    for content, finish in [("42", "stop"), ("4x", "stop"), ("12", "length")]:
+        observation = Observation(CHAT, replica="r9")
+        observation.routed(check(body))
+        response = {"choices": [{"index": 0, "message": {"content": content}, "finish_reason": finish}]}
+        observation.response(
+            json.dumps({**response, "usage": {"prompt_tokens": 3, "completion_tokens": 2}}).encode()
+        )
+        observation.record(200)
+    after = (
+        _sample(metrics.NAMES["structured_invalid"], **labels),
+        _sample(metrics.NAMES["structured_truncated"], **labels),
+    )
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    requests = _sample(metrics.NAMES["requests"], endpoint=CHAT, status="200", **labels)
+    assert requests >= 3
+
+
+def test_observation_reads_a_split_sse_stream() -> None:
+    observation = Observation(COMPLETIONS, replica="r8")
+    observation.routed(
+        check(
+            {"model": "smollm2", "prompt": "x", "stream": True, "structured_outputs": {"choice": ["yes"]}},
+            COMPLETIONS,
+        )
+    )
+    stream = b'data: {"choices":[{"index":0,"text":"ye"}]}\n\ndata: {"choices":[{"index":0,"text":"s","finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    for i in range(0, len(stream), 7):
+        observation.sse(stream[i : i + 7])
+    assert observation.texts == {0: ["ye", "s"]} and observation.finish_reasons == {0: "stop"}
+    assert observation.first_token is not None and observation.chunks == 2
+
+
+def test_serve_config_file_is_a_valid_app_config() -> None:
+    config = yaml.safe_load(CONFIG.read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "outlines_vllm.server.app:build_app"
+    assert config["http_options"]["port"] == 8000
+    parsed = AppConfig.model_validate(app["args"])
+    assert parsed.models[0].served_name == "smollm2"
+    options = engine_options(parsed.models[0], parsed)
+    assert (
+        options["autoscaling_config"]["min_replicas"] == 1
+        and options["autoscaling_config"]["max_replicas"] == 2
+    )
+    assert options["graceful_shutdown_timeout_s"] == 30 and options["ray_actor_options"]["num_gpus"] in (0, 1)
+
+
+def test_build_app_makes_an_ingress_hub_and_one_engine_deployment_per_model() -> None:
+    from outlines_vllm.server.app import build_app
+
+    app = build_app({"models": [{"model": "a", "name": "a", "replicas": 2}, {"model": "b", "name": "b"}]})
+    assert app._bound_deployment.name == "ingress"
+    engines = app._bound_deployment.init_args[0]
+    assert {name: e._bound_deployment.name for name, e in engines.items()} == {
+        "a": "engine-a",
+        "b": "engine-b",
+    }
+    assert engines["a"]._bound_deployment._deployment_config.num_replicas == 2
+
+
+def test_config_rejects_typos_and_duplicate_names() -> None:
+    with pytest.raises(ValueError, match="replicaz"):
+        AppConfig.model_validate({"models": [{"model": "a", "replicaz": 2}]})
+    with pytest.raises(ValueError, match="unique"):
+        AppConfig.model_validate({"models": [{"model": "a", "name": "x"}, {"model": "b", "name": "x"}]})
+    single = AppConfig.model_validate({"model": "m", "replicas": 3, "api_key": "k"})
+    assert single.models == [ModelConfig(model="m", replicas=3)] and single.api_key == "k"
+
+
+def test_cli_flags_become_the_app_config() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model",
+            "/m",
+            "--min-replicas",
+            "1",
+            "--max-replicas",
+            "3",
+            "--api-key",
+            "k",
+            "--",
+            "--max-num-seqs",
+            "8",
+        ]
+    )
+    config = config_from_args(args)
+    model = config.models[0]
+    assert (model.min_replicas, model.max_replicas, model.replicas) == (1, 3, None)
+    assert model.vllm_args == ["--max-num-seqs", "8"] and config.api_key == "k" and args.port == 8000
+    fixed = config_from_args(build_parser().parse_args(["serve", "--replicas", "2"]))
+    assert fixed.models[0].replicas == 2
+
+
+def test_each_replica_gets_its_own_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert [cpu_cores(rank, 1) for rank in range(3)] == ["0", "1", "0"]
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [cpu_cores(rank, 4) for rank in range(2)] == ["0-3", "4-7"]
