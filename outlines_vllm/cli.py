@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--offline-only", action="store_true", help="skip the local server")
     demo.set_defaults(run=_demo)
 
+    from .server.cli import add_parser as add_serve_parser
+
+    add_serve_parser(commands)
+
     from .offline.cli import add_parser as add_offline_parser
 
     add_offline_parser(commands)

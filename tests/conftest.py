@@ -83,3 +83,21 @@ def schemas_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared data folder {DATA} is not present")
     return DATA / "jsonschemabench"
+
+
+ENGINE_FIXTURES.add("ray_server")
+
+
+@pytest.fixture(scope="session")
+def ray_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``outlines-vllm serve``: Ray Serve with two CPU replicas of the default model (one core
+    each) behind the ingress, API key ``ray_server.api_key``; stopped at the end with every
+    replica's engine process."""
+    from tests.ray_app import RayApp
+
+    app = RayApp(model_path, tmp_path_factory.mktemp("ray-app") / "serve.log").start()
+    try:
+        yield app
+    finally:
+        leftovers = app.stop()
+        assert not leftovers, f"engine processes {leftovers} outlived the Ray app"
