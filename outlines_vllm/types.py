@@ -10,7 +10,7 @@ Supported output types:
 
 - ``None`` or ``str``: no constraint, the text itself.
 - Pydantic models, ``TypedDict``, dataclasses, ``list[...]``/``dict[...]``/``tuple[...]`` of
-  those, :class:`JsonSchema` (a dict or a JSON string) and a plain schema ``dict``: ``json``.
+  those, ``Annotated[..., Field(...)]`` (Pydantic's constraints become schema keywords), :class:`JsonSchema` (a dict or a JSON string) and a plain schema ``dict``: ``json``.
 - ``Literal["a", "b"]``, ``Enum`` subclasses and :class:`Choice`: vLLM's native ``choice``.
 - ``int``, ``float``, ``bool``, ``date``, ``datetime``, ``time``, ``UUID``: a ``regex`` that
   parses back to that type.
@@ -243,7 +243,7 @@ def _is_json_type(tp: Any) -> bool:
             return False
         return issubclass(tp, BaseModel)
     return (
-        typing.get_origin(tp) in (list, dict, tuple, set, frozenset, typing.Union)
+        typing.get_origin(tp) in (list, dict, tuple, set, frozenset, typing.Union, typing.Annotated)
         or str(typing.get_origin(tp)) == "<class 'types.UnionType'>"
     )
 
@@ -382,12 +382,33 @@ def _compact_grammar_cached(schema_json: str) -> str | None:
         grammar = xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=False, separators=(",", ":"))
     except Exception as exc:  # xgrammar raises RuntimeError for schemas it cannot compile
         raise InvalidSchemaError(f"cannot compile the JSON schema to a grammar: {exc}") from exc
-    return str(grammar)
+    return _bound_numbers(str(grammar))
 
 
 def compact_json_grammar(schema: dict[str, Any]) -> str | None:
     """An EBNF grammar for ``schema`` with no free whitespace, or None without xgrammar."""
     return _compact_grammar_cached(json.dumps(schema, sort_keys=True))
+
+
+# xgrammar's rules for numbers without bounds in the schema -> at most 16 digits before the point,
+# 16 after it and 3 in an exponent (what a float64 holds). The default model otherwise repeats
+# digits until max_tokens ("age": 1111111...). Schema bounds (minimum/maximum) are compiled into
+# other rules and stay exact.
+_NUMBER_BOUNDS = {
+    "basic_integer ::= ": ("[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),
+    "basic_number_2 ::= ": ("[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),
+    "basic_number_3 ::= ": ("basic_number_digits{1, -1}", "basic_number_digits{1, 16}"),
+    "basic_number_5 ::= ": ("basic_number_digits{1, -1}", "basic_number_digits{1, 3}"),
+}
+
+
+def _bound_numbers(grammar: str) -> str:
+    lines = grammar.splitlines()
+    for i, line in enumerate(lines):
+        for prefix, (free, bounded) in _NUMBER_BOUNDS.items():
+            if line.startswith(prefix):
+                lines[i] = line.replace(free, bounded)
+    return "\n".join(lines) + "\n"
 
 
 _FREE_WHITESPACE = "[ \\n\\r\\t]*"  # how xgrammar writes JSON's free whitespace in EBNF
@@ -405,7 +426,7 @@ def _whitespace_grammar_cached(schema_json: str, whitespace_pattern: str) -> str
         free = str(xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=True))
     except Exception as exc:
         raise InvalidSchemaError(f"cannot compile the JSON schema to a grammar: {exc}") from exc
-    grammar = free.replace(_FREE_WHITESPACE, f"({whitespace_pattern})")
+    grammar = _bound_numbers(free.replace(_FREE_WHITESPACE, f"({whitespace_pattern})"))
     try:
         xgrammar.Grammar.from_ebnf(grammar)
     except Exception as exc:

@@ -234,6 +234,12 @@ def mapped_errors(client: Any) -> Iterator[None]:
                 f"{_server_message(exc)}; retry when it is up"
             ) from exc
         raise
+    except openai.APIError as exc:
+        # A streamed request is answered 200 first; the server reports a rejected constraint
+        # as an error event inside the stream, with the HTTP status as its code.
+        if exc.code in ("400", "422"):
+            raise ConstraintRejectedError(int(exc.code), _server_message(exc)) from exc
+        raise
 
 
 def _server_message(exc: Any) -> str:

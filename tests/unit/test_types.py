@@ -232,3 +232,19 @@ def test_unsupported_types_raise_a_type_error_naming_the_type_and_the_options(ou
     assert isinstance(info.value, UnsupportedOutputTypeError)
     if output_type is object:
         assert "object" in str(info.value) and "Pydantic model" in str(info.value)
+
+
+def test_compact_json_accepts_exactly_the_compact_text_with_bounded_numbers():
+    accepts = pytest.importorskip("xgrammar.testing")._is_grammar_accept_string
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "x": {"type": "number"}},
+        "required": ["n", "x"],
+    }
+    grammar = output_spec(schema).constraint.structured_outputs()["grammar"]
+    assert accepts(grammar, '{"n":-1234567890123456,"x":1.5e10}')
+    assert not accepts(grammar, '{"n": 1,"x":1}')  # no free whitespace
+    assert not accepts(grammar, '{"n":12345678901234567,"x":1}')  # 17 digits: a runaway number
+    spaced = output_spec(schema, whitespace_pattern="[ ]?").constraint.structured_outputs()["grammar"]
+    assert accepts(spaced, '{ "n": 1, "x": 2 }')
+    assert not accepts(spaced, '{\n"n":1,"x":2}')
