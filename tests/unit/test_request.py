@@ -320,3 +320,24 @@ def test_several_served_models_need_a_model_name(old_server, monkeypatch):
 def test_from_vllm_refuses_other_clients():
     with pytest.raises(TypeError, match=r"openai\.OpenAI"):
         from_vllm(object())
+
+
+def test_a_closed_port_raises_server_unavailable_naming_the_url():
+    from outlines_vllm import ServerUnavailableError
+    from outlines_vllm.launch import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    model = from_vllm(openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0), "m")
+    with pytest.raises(ServerUnavailableError, match=url):
+        model("hi")
+    with pytest.raises(ServerUnavailableError):
+        list(model.stream("hi", int))
+
+
+async def test_a_closed_port_raises_server_unavailable_async():
+    from outlines_vllm import ServerUnavailableError
+    from outlines_vllm.launch import free_port
+
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="x", max_retries=0)
+    with pytest.raises(ServerUnavailableError, match="start it"):
+        await from_vllm(client)("hi", Regex("a"))
