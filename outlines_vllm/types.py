@@ -387,7 +387,7 @@ def _compact_grammar_cached(schema_json: str) -> str | None:
 
 def compact_json_grammar(schema: dict[str, Any]) -> str | None:
     """An EBNF grammar for ``schema`` with no free whitespace, or None without xgrammar."""
-    return _compact_grammar_cached(json.dumps(schema, sort_keys=True))
+    return _compact_grammar_cached(json.dumps(schema))
 
 
 # xgrammar's rules for numbers without bounds in the schema -> at most 16 digits before the point,
@@ -439,7 +439,7 @@ def _whitespace_grammar_cached(schema_json: str, whitespace_pattern: str) -> str
 
 def json_grammar(schema: dict[str, Any], whitespace_pattern: str) -> str:
     """An EBNF grammar for ``schema`` whose only whitespace between tokens is ``whitespace_pattern``."""
-    return _whitespace_grammar_cached(json.dumps(schema, sort_keys=True), whitespace_pattern)
+    return _whitespace_grammar_cached(json.dumps(schema), whitespace_pattern)
 
 
 def _first_line(exc: Exception) -> str:

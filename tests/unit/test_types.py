@@ -248,3 +248,10 @@ def test_compact_json_accepts_exactly_the_compact_text_with_bounded_numbers():
     spaced = output_spec(schema, whitespace_pattern="[ ]?").constraint.structured_outputs()["grammar"]
     assert accepts(spaced, '{ "n": 1, "x": 2 }')
     assert not accepts(spaced, '{\n"n":1,"x":2}')
+
+
+def test_compact_json_keeps_the_models_field_order():
+    accepts = pytest.importorskip("xgrammar.testing")._is_grammar_accept_string
+    grammar = output_spec(Character).constraint.structured_outputs()["grammar"]
+    assert accepts(grammar, '{"name":"Ada","age":36}')  # declared order, as Pydantic writes it
+    assert not accepts(grammar, '{"age":36,"name":"Ada"}')
