@@ -319,15 +319,9 @@ def test_rayservice_runs_the_serve_config_of_server_with_gpu_values(built: dict)
 
 
 def test_image_versions_agree_with_the_manifests(built: dict) -> None:
-    import ray
-
     dockerfile = DOCKERFILE.read_text()
     ray_version = re.search(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M).group(1)
-    assert (
-        one(built["ray"], "RayService")["spec"]["rayClusterConfig"]["rayVersion"]
-        == ray_version
-        == ray.__version__
-    )
+    assert one(built["ray"], "RayService")["spec"]["rayClusterConfig"]["rayVersion"] == ray_version
     uid = int(re.search(r"^ARG APP_UID=(\d+)$", dockerfile, re.M).group(1))
     pods = [pod for objects in built.values() for obj in objects for _, pod in k8s.pod_specs(obj)]
     assert {pod["securityContext"]["runAsUser"] for pod in pods} == {uid}

@@ -1,0 +1,229 @@
+"""The k8s/ bundle against running servers: metric names, label names, probe paths and ports.
+
+Alerts and the dashboard must read series the servers really export: every ``vllm:`` name from
+the real vLLM server (the plain layout scrapes it) and from the Ray ingress (the Ray layout
+scrapes that), every ``outlines_vllm_`` name from the ingress. A real Prometheus (Debian's)
+scrapes both like the ServiceMonitor/PodMonitor would (job ``outlines-vllm``, a ``namespace``
+label) and evaluates every dashboard query: each must return series, so label names in
+``sum by (...)`` and selectors are right too. Probes must hit paths the servers answer on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from outlines_vllm import k8s
+from outlines_vllm.launch import free_port
+from tests.conftest import SERVED_NAME
+
+ROOT = Path(__file__).resolve().parents[2] / "k8s"
+NAMESPACE = "outlines-vllm"
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, list[dict[str, Any]]]:
+    return {name: k8s.build(ROOT / "overlays" / name) for name in ("plain", "ray")}
+
+
+@pytest.fixture(scope="module")
+def used(built: dict[str, list[dict[str, Any]]]) -> set[str]:
+    """Every metric name the alert rules and the dashboard read."""
+    exprs = [rule["expr"] for group in k8s.rule_groups(built["plain"]) for rule in group["rules"]]
+    for dashboard in k8s.dashboards(built["plain"]):
+        exprs += k8s.dashboard_exprs(dashboard)
+    names = k8s.metric_names(exprs)
+    assert any(n.startswith("vllm:") for n in names) and any(n.startswith("outlines_vllm_") for n in names)
+    return names
+
+
+def exported(base_url: str) -> set[str]:
+    """Sample names of a server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base_url + "/metrics", timeout=10).text
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_vllm_metrics_of_alerts_and_dashboard_are_exported_by_the_vllm_server(
+    plain_traffic: Any, used: set[str]
+) -> None:
+    wanted = {n for n in used if n.startswith("vllm:")}
+    assert wanted - exported(plain_traffic.base_url) == set()
+
+
+def test_every_metric_of_alerts_and_dashboard_is_exported_by_the_ingress(
+    ray_traffic: Any, used: set[str]
+) -> None:
+    """The Ray layout scrapes only the ingress: it must show our metrics and the engines' vllm: ones."""
+    names = set(ray_traffic.metrics())
+    assert used - names == set()
+
+
+@pytest.fixture(scope="module")
+def prometheus(vllm_server: Any, ray_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's Prometheus scraping both servers as the monitors in k8s/ would label them."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Debian's prometheus is not installed: run scripts/system-deps.sh (make setup does)")
+    folder = tmp_path_factory.mktemp("k8s-prometheus")
+    targets = [server.base_url.removeprefix("http://") for server in (vllm_server, ray_server)]
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "outlines-vllm",
+                "static_configs": [{"targets": targets, "labels": {"namespace": NAMESPACE}}],
+            }
+        ],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
+         f"--web.listen-address={url.removeprefix('http://')}"],
+        stdout=(folder / "prometheus.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(query(url, 'up{job="outlines-vllm"} == 1', check=False)) < 2:
+            assert time.monotonic() < deadline, "Prometheus never scraped both servers"
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def scraped() -> None:
+    """Wait for two more scrapes, so Prometheus sees what the last requests changed."""
+    time.sleep(2.5)
+
+
+@pytest.fixture(scope="module")
+def plain_traffic(vllm_server: Any, openai_client: Any, prometheus: str) -> Any:
+    """Finished requests (two rounds, scraped between), so histograms and rates have samples."""
+    for _ in range(2):
+        reply = openai_client.chat.completions.create(
+            model=SERVED_NAME, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
+        )
+        assert reply.choices[0].message.content
+        scraped()
+    return vllm_server
+
+
+@pytest.fixture(scope="module")
+def ray_traffic(ray_server: Any, prometheus: str) -> Any:
+    """Through the ingress, twice (scraped between): a valid, a truncated (max_tokens) and an
+    invalid (a stop string cuts the JSON) constrained output, a streamed one (the ingress's
+    time to first token) and a request for an unknown model (an error status)."""
+    headers = {"Authorization": f"Bearer {ray_server.api_key}"}
+    base = {
+        "model": SERVED_NAME,
+        "messages": [{"role": "user", "content": "Answer in JSON."}],
+        "structured_outputs": {"json": SCHEMA},
+    }
+    with httpx.Client(base_url=ray_server.base_url, headers=headers, timeout=120) as client:
+        for _ in range(2):
+            for extra in ({"max_tokens": 40}, {"max_tokens": 2}, {"max_tokens": 40, "stop": ['"']}):
+                response = client.post("/v1/chat/completions", json={**base, **extra})
+                assert response.status_code == 200, response.text
+            with client.stream(
+                "POST", "/v1/chat/completions", json={**base, "max_tokens": 8, "stream": True}
+            ) as stream:
+                assert stream.status_code == 200 and "".join(stream.iter_text())
+            assert (
+                client.post("/v1/chat/completions", json={**base, "model": "no-such-model"}).status_code
+                >= 400
+            )
+            scraped()
+    return ray_server
+
+
+def query(url: str, promql: str, check: bool = True) -> list[dict[str, Any]]:
+    try:
+        response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        if check:
+            raise
+        return []
+    if check:
+        assert response["status"] == "success", f"{promql}: {response}"
+    return response.get("data", {}).get("result", [])
+
+
+def test_every_dashboard_query_returns_series(
+    built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: str
+) -> None:
+    (dashboard,) = k8s.dashboards(built["plain"])
+    values = {"$namespace": NAMESPACE, "$model": SERVED_NAME, "$__rate_interval": "1m"}
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in values.items():
+                expr = expr.replace(name, value)
+            if not query(prometheus, expr):
+                empty.append(f"{panel['title']}: {expr}")
+    assert empty == []
+
+
+def test_alert_queries_evaluate_on_real_series(
+    built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: str
+) -> None:
+    """The structured-output alerts' conditions hold on the deliberately bad traffic (1 in 4
+    outputs truncated, 1 in 4 invalid); the availability alerts' conditions do not."""
+    rules = {
+        rule["alert"]: rule["expr"] for group in k8s.rule_groups(built["plain"]) for rule in group["rules"]
+    }
+    holding = {alert for alert, expr in rules.items() if query(prometheus, expr)}
+    assert {
+        "OutlinesVLLMStructuredOutputInvalidRising",
+        "OutlinesVLLMStructuredOutputTruncatedRising",
+    } <= holding
+    assert holding.isdisjoint(
+        {"OutlinesVLLMTargetDown", "OutlinesVLLMNoHealthyTarget", "OutlinesVLLMEngineReplicaDown"}
+    )
+    for name in k8s.metric_names(rules.values()):  # every selector inside them matches real series
+        assert query(prometheus, f'{name}{{namespace="{NAMESPACE}"}}'), name
+
+
+def test_server_probes_are_answered_on_the_container_port(built: dict, vllm_server: Any) -> None:
+    c = built["plain"]
+    deployment = k8s.of_kind(c, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    port = {p["name"]: p["containerPort"] for p in deployment["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = deployment[probe]["httpGet"]
+        assert port[get["port"]] == 8000
+        assert httpx.get(vllm_server.base_url + get["path"], timeout=10).status_code == 200, probe
+
+
+def test_ray_probes_on_the_serve_port_are_answered_by_the_ingress(built: dict, ray_server: Any) -> None:
+    ray = k8s.of_kind(built["ray"], "RayService")[0]
+    checked = 0
+    for _, pod in k8s.pod_specs(ray):
+        c = pod["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            get = c[probe]["httpGet"]
+            if (
+                ports.get(get["port"]) == 8000
+            ):  # the Serve port; 52365 is Ray's own agent (KubeRay's default check)
+                status, _ = ray_server.get(get["path"])
+                assert status == 200, f"{probe} {get['path']}"
+                checked += 1
+    assert checked == 2  # head readiness (/health), worker readiness (/-/healthz)
