@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .offline.cli import add_parser as add_offline_parser
 
     add_offline_parser(commands)
+
+    from .k8s import add_parser as add_k8s_parser
+
+    add_k8s_parser(commands)
     return parser
 
 
