@@ -16,7 +16,7 @@ import pytest
 
 SERVED_NAME = "smollm2"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ENGINE_FIXTURES = {"llm", "model_path", "vllm_server", "openai_client", "async_openai_client"}
+ENGINE_FIXTURES = {"llm", "async_llm", "model_path", "vllm_server", "openai_client", "async_openai_client"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,9 +40,33 @@ def llm(model_path: Path) -> Iterator[object]:
 
     from outlines_vllm.launch import engine_kwargs
 
-    engine = LLM(str(model_path), seed=0, **engine_kwargs())
+    # Per-request stats on (TTFT, time per output token): the benchmark tests read them.
+    engine = LLM(str(model_path), seed=0, disable_log_stats=False, **engine_kwargs())
     yield engine
     engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def async_llm(model_path: Path) -> Iterator[object]:
+    """One embedded async engine (vLLM's ``AsyncLLM``) for the session, its threads on core 1.
+
+    Started through ``outlines_vllm.load(folder, async_=True)`` (the offline half of the
+    switch), outside the event loop: vLLM starts its output handler on the session loop at the
+    first request. Shut down (engine-core process included) at the end of the session.
+    """
+    from outlines_vllm import load
+
+    previous = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "1"
+    try:
+        engine = load(model_path, async_=True, seed=0).engine
+    finally:
+        if previous is None:
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND")
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = previous
+    yield engine
+    engine.shutdown()
 
 
 @pytest.fixture(scope="session")

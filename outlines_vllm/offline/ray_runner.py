@@ -1,10 +1,11 @@
 """Data-parallel offline jobs on Ray Data: ``replicas`` engine actors, each on
 ``gpus_per_replica`` GPUs, share the pending items; the driver writes every record itself.
 
-Items travel as JSON strings (their schemas differ line by line, which Arrow columns could not
-hold), one block per chunk so every replica gets work. Records stream back to the driver as
-replicas finish chunks and are appended exactly as in local mode, so resuming, progress and
-the records themselves are the same.
+Each row of the dataset is one chunk of items, as JSON text (schemas differ line by line, which
+Arrow columns could not hold), in a block of its own so every replica gets work; a replica
+turns a chunk into its records in one engine call, exactly the call local mode makes for that
+chunk. Records stream back to the driver as chunks finish and are appended as in local mode, so
+resuming, progress and the records themselves are the same.
 
 Without a GPU (tests, laptops) each replica binds its engine's compute threads to a CPU core of
 its own, claimed with a lock file, so two replicas do not fight over one core.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,19 +38,21 @@ def run_on_ray(spec: JobSpec, pending: list[Item], sink: Callable[[list[dict[str
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the job's own bar counts records
-        rows = [{"item": json.dumps(dataclasses.asdict(item))} for item in pending]
-        dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / spec.chunk_size))
+        chunks = [pending[i : i + spec.chunk_size] for i in range(0, len(pending), spec.chunk_size)]
+        rows = [{"chunk": json.dumps([dataclasses.asdict(item) for item in chunk])} for chunk in chunks]
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         records = dataset.map_batches(
             _Replica,
             fn_constructor_kwargs={"spec": spec},
-            batch_size=spec.chunk_size,
+            batch_size=1,
             batch_format="numpy",
             concurrency=spec.replicas,
             num_cpus=1,
             num_gpus=spec.gpus_per_replica or None,
         )
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
-            sink([json.loads(record) for record in batch["record"]])
+            for chunk_records in batch["records"]:
+                sink(json.loads(chunk_records))
     finally:
         if started:
             ray.shutdown()
@@ -86,9 +88,11 @@ class _Replica:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        items = [Item(**json.loads(text)) for text in batch["item"]]
-        records = generate_records(self.model, items, self.spec)
-        return {"record": np.array([json.dumps(r, ensure_ascii=False) for r in records], dtype=object)}
+        out = []
+        for chunk in batch["chunk"]:
+            items = [Item(**fields) for fields in json.loads(chunk)]
+            out.append(json.dumps(generate_records(self.model, items, self.spec), ensure_ascii=False))
+        return {"records": np.array(out, dtype=object)}
 
 
 def _claim_cpu_core() -> Any:
