@@ -15,13 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from outlines_vllm.launch import free_port, group_alive
-from outlines_vllm.server.reaper import kill_marked, marked_processes
+from outlines_vllm.server.reaper import OWNER_ENV, kill_marked, marked_processes
 
 API_KEY = "test-key"
 SERVED_NAME = "smollm2"
@@ -40,12 +41,14 @@ class RayApp:
             "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
         self.replicas = replicas
+        self.owner = uuid.uuid4().hex  # marks this app's engine processes apart from other runs'
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 420.0) -> RayApp:
         log = self.log_path.open("wb")
+        env = {**os.environ, OWNER_ENV: self.owner}
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -87,7 +90,7 @@ class RayApp:
     def engine_pids(self) -> dict[str, list[int]]:
         """``{replica id: [pids of its vLLM processes]}``."""
         by_replica: dict[str, list[int]] = {}
-        for pid, replica in marked_processes().items():
+        for pid, replica in marked_processes(owner=self.owner).items():
             by_replica.setdefault(replica, []).append(pid)
         return by_replica
 
@@ -104,9 +107,9 @@ class RayApp:
             self.process.wait()
         self.process = None
         deadline = time.monotonic() + 20
-        while marked_processes() and time.monotonic() < deadline:
+        while marked_processes(owner=self.owner) and time.monotonic() < deadline:
             time.sleep(0.5)
-        leftovers = kill_marked()
+        leftovers = kill_marked(owner=self.owner)
         if group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
         return leftovers

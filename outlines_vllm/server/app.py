@@ -35,6 +35,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         num_replicas=1,
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
+        logging_config={"enable_access_log": False},  # pushes every 2 s from every replica
     ).bind(ttl_s=max(10.0, 5 * config.metrics_push_period_s))
     engines = {
         m.served_name: serve.deployment(
@@ -93,10 +94,10 @@ def run(
     import ray
     from ray import serve
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     ray.init(address=ray_address, include_dashboard=False, logging_level="warning")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
     own_cluster = ray_address is None
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -104,7 +105,8 @@ def run(
         print(f"outlines-vllm: starting {names} (engines take about a minute on CPU)...", flush=True)
         serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
         print(f"outlines-vllm: serving {names} at http://{host}:{port}/v1 (metrics at /metrics)", flush=True)
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
         print("outlines-vllm: draining in-flight requests and stopping...", flush=True)
     finally:
         if own_cluster:

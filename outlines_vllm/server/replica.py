@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -159,13 +160,13 @@ class EngineReplica:
     async def __del__(self) -> None:
         """Serve has drained this replica's requests: stop publishing, then stop the engine."""
         self.publisher.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.hub.drop.remote(self.replica), 5)
+        with contextlib.suppress(Exception):  # not awaited: the hub may be stopping too
+            self.hub.drop.remote(self.replica)
         await self.client.aclose()
         await asyncio.to_thread(self.server.stop)
         kill_marked(self.replica)
-        self.watchdog.kill()
-        self.watchdog.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.watchdog, signal.SIGKILL)
 
     async def _publish_forever(self, period: float) -> None:
         """Push this replica's ``vllm:`` metrics and state to the hub every ``period`` seconds."""

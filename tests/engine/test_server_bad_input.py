@@ -83,7 +83,16 @@ BAD_COMPLETIONS = [
 ]
 UNKNOWN_MODELS = [chat(model="gpt-4"), chat(model=""), {"model": "nope", "prompt": "hi"}]
 # Valid for the ingress, refused by vLLM itself: its 4xx must reach the client unchanged.
-ENGINE_REFUSALS = [chat(max_tokens=100_000), chat(temperature=-1.0), chat(n=0.5)]
+ENGINE_REFUSALS = [
+    chat(max_tokens=100_000),
+    chat(temperature=-1.0),
+    so(regex="(?=a)b"),  # Python's re accepts look-arounds, vLLM's regex engine does not
+    so(json={"type": "string", "pattern": "(?<=a)b"}),
+    so(json={"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}),
+    so(grammar="root ::= ("),
+    so(grammar="this is not a grammar"),
+    so(structural_tag="{bad"),
+]
 
 
 def cases() -> list[tuple[str, str, bytes]]:

@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tests.ray_app import SERVED_NAME, metric_sum
 
@@ -27,8 +27,8 @@ COLORS = ["red", "green", "blue"]
 
 
 class Person(BaseModel):
-    name: str
-    age: int
+    name: str = Field(max_length=12)  # bounded, so small max_tokens always fit
+    age: int = Field(ge=0, le=120)
 
 
 def client(ray_server: Any, cls: type = openai.OpenAI, **kwargs: Any) -> Any:
