@@ -36,6 +36,7 @@ import enum
 import functools
 import json
 import re
+import sys
 import typing
 import uuid
 from collections.abc import Callable
@@ -171,7 +172,10 @@ def output_spec(
         return output_type
     if output_type is None or output_type is str:
         return OutputSpec(None, str, output_type)
-    spec = _from_outlines(output_type) or _translate(output_type)
+    spec = _from_outlines(output_type)
+    if spec is not None and whitespace_pattern is None:  # Outlines' JsonSchema may carry one
+        whitespace_pattern = getattr(output_type, "whitespace_pattern", None)
+    spec = spec or _translate(output_type)
     constraint = spec.constraint
     if constraint and constraint.kind in ("json", "json_object"):
         schema = constraint.value
@@ -217,7 +221,8 @@ def _translate(tp: Any) -> OutputSpec:
 
 def _from_outlines(tp: Any) -> OutputSpec | None:
     """Outlines' own type objects, recognised without importing Outlines."""
-    if not type(tp).__module__.startswith("outlines"):
+    module = type(tp).__module__
+    if module != "outlines" and not module.startswith("outlines."):
         return None
     name = type(tp).__name__
     if name == "JsonSchema":
@@ -228,7 +233,9 @@ def _from_outlines(tp: Any) -> OutputSpec | None:
         return OutputSpec(Constraint("grammar", tp.definition), str, tp)
     if name == "Choice":
         return _choice_spec({str(item): item for item in tp.items}, tp)
-    return None
+    # Other terms of Outlines' regex DSL (sequences, alternatives, repetitions of Regex terms).
+    to_regex = getattr(sys.modules.get("outlines.types.dsl"), "to_regex", None)
+    return _regex_spec(to_regex(tp), str, tp) if to_regex else None
 
 
 def _is_json_type(tp: Any) -> bool:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import sys
 import types
 import uuid
 from typing import Literal
@@ -198,6 +199,19 @@ def test_outlines_type_objects_are_read_by_duck_typing():
     assert output_spec(outlines_type("Regex", pattern="[0-9]+")).constraint.value == "[0-9]+"
     assert output_spec(outlines_type("CFG", definition="start: 'a'")).kind == "grammar"
     assert output_spec(outlines_type("Choice", items=["a", "b"])).constraint.value == ["a", "b"]
+    spaced = outlines_type("JsonSchema", schema=json.dumps(SCHEMA), whitespace_pattern="[ ]?")
+    assert output_spec(spaced).constraint.whitespace_pattern == "[ ]?"
+
+
+def test_other_outlines_dsl_terms_become_regexes_through_outlines_to_regex(monkeypatch):
+    dsl = types.ModuleType("outlines.types.dsl")
+    dsl.to_regex = lambda term: f"({term.left}|{term.right})"
+    monkeypatch.setitem(sys.modules, "outlines.types.dsl", dsl)
+    term = type("Alternatives", (), {"__module__": "outlines.types.dsl"})()
+    term.left, term.right = "a", "b"
+    spec = output_spec(term)
+    assert spec.constraint.structured_outputs() == {"regex": "(a|b)"}
+    assert spec.parse("b") == "b"
 
 
 def test_bad_schemas_and_regexes_are_named_errors_before_any_request():
