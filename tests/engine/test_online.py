@@ -136,7 +136,7 @@ def test_every_output_type_generates_output_its_parser_accepts(results, case):
         assert result.text.startswith("The answer is ") or " + " in result.text
 
 
-def test_the_server_version_and_model_name_are_read_once(model):
+def test_the_server_version_and_model_name_come_from_the_server(model):
     model("Hi", max_tokens=1)
     assert model.model_name == SERVED_NAME
     assert model.server_version and model.server_version.startswith("0.")

@@ -239,9 +239,11 @@ def test_partial_objects_report_each_new_state_once():
 class _Handler(BaseHTTPRequestHandler):
     version = "0.11.0"
     models = ("old-model",)
-    posts: list[str] = []  # noqa: RUF012 - shared on purpose: the test reads what was posted
+    posts: list[str] = []  # noqa: RUF012 - shared on purpose: the tests read what was requested
+    gets: list[str] = []  # noqa: RUF012
 
     def do_GET(self):
+        type(self).gets.append(self.path)
         if self.path == "/version":
             self._json({"version": self.version})
         elif self.path == "/v1/models":
@@ -282,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def old_server():
-    _Handler.posts = []
+    _Handler.posts, _Handler.gets = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -299,6 +301,8 @@ def test_an_old_server_raises_at_first_constrained_use_and_nothing_is_sent(old_s
     with pytest.raises(UnsupportedServerError, match=r"0\.11\.0"):
         model("hi", Item)
     assert _Handler.posts == ["/v1/chat/completions"]  # only the free-text call reached it
+    model("hi")
+    assert sorted(_Handler.gets) == ["/v1/models", "/version"]  # read once, on first use
 
 
 async def test_the_async_model_checks_the_version_too(old_server):
