@@ -30,4 +30,3 @@ class Chat:
     def _add(self, role: str, content: Any) -> Chat:
         self.messages.append({"role": role, "content": content})
         return self
-
