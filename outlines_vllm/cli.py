@@ -17,7 +17,7 @@ def _model_path(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main
 
-    return main(online=not args.offline_only)
+    return main(online=not args.offline_only, out=args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
         "path", help="print the default model folder, preparing it if needed"
     ).set_defaults(run=_model_path)
 
-    demo = commands.add_parser("demo", help="structured generation on the default model, offline and online")
+    demo = commands.add_parser(
+        "demo", help="a short structured-generation benchmark on the default model, offline and online"
+    )
     demo.add_argument("--offline-only", action="store_true", help="skip the local server")
+    demo.add_argument("--out", default="benchmarks/results/latest", help="folder for results and plots")
     demo.set_defaults(run=_demo)
+
+    from .bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
 
     from .server.cli import add_parser as add_serve_parser
 

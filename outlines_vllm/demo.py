@@ -1,57 +1,29 @@
-"""The main job on the default model: a small Pydantic object, generated offline and online."""
+"""The main job: a short structured-generation benchmark on the default model, offline (an
+embedded engine) and online (a local vLLM server), printing the table and writing the plots."""
 
 from __future__ import annotations
 
-import time
-
-from pydantic import BaseModel
-
-from .types import output_spec
+import shlex
+import sys
+from pathlib import Path
 
 
-class Character(BaseModel):
-    name: str
-    age: int
-    strength: int
-
-
-PROMPT = "Create a fantasy character with a name, an age and a strength from 1 to 10."
-
-
-def main(online: bool = True) -> int:
-    from openai import OpenAI
-    from vllm import LLM, SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
+def main(online: bool = True, out: str | Path = "benchmarks/results/latest") -> int:
+    from .bench.report import write
+    from .bench.runner import ENGINE_OPTIONS, results, run_local
+    from .bench.scenario import Scenario
     from .default_model import prepare
-    from .launch import LocalServer, engine_kwargs
 
-    path = prepare()
-    spec = output_spec(Character)
-    fields = spec.constraint.structured_outputs()
-
-    print(f"offline: starting an embedded engine on {path}")
-    llm = LLM(str(path), **engine_kwargs())
-    params = SamplingParams(
-        max_tokens=128, temperature=0, structured_outputs=StructuredOutputsParams(**fields)
+    model = str(prepare())
+    scenario = Scenario.load("default", modes=None if online else ["offline"])
+    document = results(
+        run_local(model, scenario),
+        scenario,
+        model=model,
+        engine_options=ENGINE_OPTIONS,
+        command="outlines-vllm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
-    start = time.perf_counter()
-    (result,) = llm.chat([{"role": "user", "content": PROMPT}], params, use_tqdm=False)
-    print(f"offline ({time.perf_counter() - start:.2f} s): {spec.parse(result.outputs[0].text)!r}")
-    del llm
-
-    if online:
-        print("online: starting a local vLLM server")
-        with LocalServer(path, served_model_name="smollm2") as server:
-            client = OpenAI(base_url=server.base_url + "/v1", api_key="none")
-            start = time.perf_counter()
-            reply = client.chat.completions.create(
-                model="smollm2",
-                messages=[{"role": "user", "content": PROMPT}],
-                max_tokens=128,
-                temperature=0,
-                extra_body={"structured_outputs": fields},
-            )
-            text = reply.choices[0].message.content or ""
-            print(f"online ({time.perf_counter() - start:.2f} s): {spec.parse(text)!r}")
+    files = write(document, out)
+    print(files["markdown"].read_text())
+    print("\n".join(f"wrote {path}" for path in files.values()))
     return 0

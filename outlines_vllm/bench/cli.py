@@ -1,0 +1,110 @@
+"""``outlines-vllm bench online | offline | run``: argument parsing only; the work is imported
+when a command runs, so ``outlines-vllm --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("benchmarks") / "results" / "latest"
+
+
+def add_parser(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="structured-generation throughput benchmarks")
+    modes = bench.add_subparsers(dest="bench_command", required=True)
+
+    online = modes.add_parser("online", help="benchmark a running OpenAI-compatible vLLM server")
+    online.add_argument("--base-url", required=True, help="server root or its /v1 URL")
+    online.add_argument("--model", help="served model name (default: the server's first model)")
+    online.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY or none)")
+    online.add_argument("--backend", default="auto", help="label: the server's structured-output backend")
+    _common(online)
+    online.set_defaults(run=_online)
+
+    offline = modes.add_parser("offline", help="benchmark an embedded vllm.LLM engine")
+    offline.add_argument("--model", help="model folder (default: the default model)")
+    offline.add_argument("--backend", action="append", help="structured-output backend(s) to start")
+    _common(offline)
+    offline.set_defaults(run=_offline)
+
+    local = modes.add_parser("run", help="offline, then online through a local server (the default run)")
+    local.add_argument("--model", help="model folder (default: the default model)")
+    local.add_argument("--backend", action="append", help="structured-output backend(s) to start")
+    local.add_argument("--offline-only", action="store_true", help="skip the local server")
+    _common(local)
+    local.set_defaults(run=_local)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", default="default", help="scenario file or name in benchmarks/")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results and plots")
+    parser.add_argument("--requests", type=int, help="measured requests per run")
+    parser.add_argument("--warmup", type=int, help="warm-up requests per run (not counted)")
+    parser.add_argument("--max-tokens", type=int)
+    parser.add_argument("--concurrency", type=int, help="online concurrency of the main runs")
+    parser.add_argument("--rate", type=float, help="Poisson arrivals per second for an extra run")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workload", action="append", dest="workloads", help="workload(s) to run")
+
+
+def _scenario(args: argparse.Namespace, **extra: Any) -> Any:
+    from .scenario import Scenario
+
+    fields = ("requests", "warmup", "max_tokens", "concurrency", "rate", "seed", "workloads")
+    return Scenario.load(args.scenario, **{f: getattr(args, f) for f in fields}, **extra)
+
+
+def _finish(summaries: list[dict[str, Any]], scenario: Any, out: Path, **context: Any) -> int:
+    from .report import write
+    from .runner import results
+
+    command = "outlines-vllm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    document = results(summaries, scenario, command=command, **context)
+    files = write(document, out)
+    print(files["markdown"].read_text())
+    print("\n".join(f"wrote {path}" for path in files.values()))
+    return 0
+
+
+def _online(args: argparse.Namespace) -> int:
+    from .runner import run_online
+
+    scenario = _scenario(args, modes=["online"], backends=[args.backend])
+    summaries = run_online(
+        args.base_url, scenario, model=args.model, api_key=args.api_key, backend=args.backend
+    )
+    return _finish(
+        summaries, scenario, args.out, model=args.model or "(server default)", base_url=args.base_url
+    )
+
+
+def _model(args: argparse.Namespace) -> str:
+    if args.model:
+        return args.model
+    from ..default_model import prepare
+
+    return str(prepare())
+
+
+def _offline(args: argparse.Namespace) -> int:
+    from .runner import ENGINE_OPTIONS, offline_engine, run_offline
+
+    model = _model(args)
+    scenario = _scenario(args, modes=["offline"], backends=args.backend)
+    summaries = []
+    for backend in scenario.backends:
+        with offline_engine(model, backend=backend, seed=scenario.seed) as llm:
+            summaries += run_offline(llm, scenario, backend=backend)
+    return _finish(summaries, scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)
+
+
+def _local(args: argparse.Namespace) -> int:
+    from .runner import ENGINE_OPTIONS, run_local
+
+    model = _model(args)
+    modes = ["offline"] if args.offline_only else None
+    scenario = _scenario(args, modes=modes, backends=args.backend)
+    return _finish(run_local(model, scenario), scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)

@@ -1,0 +1,238 @@
+"""The four ways a benchmark request travels: raw or through this package, online or offline.
+
+The raw paths are the baseline our overhead is measured against: the ``openai`` SDK with
+``extra_body={"structured_outputs": ...}`` online, ``vllm.LLM.chat`` with the same
+``SamplingParams`` offline. The package paths use only the public model API
+(``from_vllm`` / ``from_vllm_offline``). Every path returns one :class:`Record` per request;
+none judges validity (``validate.judge`` does, afterwards, for all of them alike).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import OutputValidationError, TruncatedOutputError
+from .validate import Verdict
+from .workloads import Request
+
+
+@dataclass
+class Record:
+    """What happened to one request. ``ok`` is False when no answer came back (an error)."""
+
+    ok: bool
+    text: str = ""
+    finish_reason: str | None = None
+    output_tokens: int | None = None
+    latency: float = 0.0
+    ttft: float | None = None
+    tpot: float | None = None
+    itl: list[float] = field(default_factory=list)
+    error: str | None = None
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling options shared by every path, so all of them generate under the same rules."""
+
+    max_tokens: int
+    temperature: float
+    seed: int
+
+
+def _tpot(first: float | None, last: float | None, tokens: int | None) -> float | None:
+    """Mean time per output token after the first: None when fewer than two tokens came."""
+    if first is None or last is None or not tokens or tokens < 2:
+        return None
+    return (last - first) / (tokens - 1)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+
+
+# --- online --------------------------------------------------------------------------------------
+
+
+async def online_raw(client: Any, model: str, request: Request, sampling: Sampling, seed: int) -> Record:
+    """One streamed chat request with the raw ``openai`` client (the online baseline)."""
+    kwargs: dict[str, Any] = {}
+    if request.spec.constraint is not None:
+        kwargs["extra_body"] = {"structured_outputs": request.spec.constraint.structured_outputs()}
+    start = time.perf_counter()
+    times: list[float] = []
+    parts: list[str] = []
+    finish_reason = tokens = None
+    try:
+        stream = await client.chat.completions.create(
+            model=model,
+            messages=request.messages,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            seed=seed,
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,
+        )
+        async for chunk in stream:
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    times.append(time.perf_counter())
+                    parts.append(choice.delta.content)
+                finish_reason = choice.finish_reason or finish_reason
+    except Exception as exc:  # every failure is a counted error, never a crash of the run
+        return Record(False, latency=time.perf_counter() - start, error=_error(exc))
+    return _streamed(start, times, "".join(parts), finish_reason, tokens)
+
+
+async def online_package(model: Any, request: Request, sampling: Sampling, seed: int) -> Record:
+    """One streamed request through ``AsyncVLLM.stream`` (its checks raise at the end).
+
+    The package returns text, not a finish reason or usage: a ``TruncatedOutputError`` means
+    "length", and ``package_tokens`` fills in the rest afterwards.
+    """
+    start = time.perf_counter()
+    times: list[float] = []
+    parts: list[str] = []
+    finish_reason = "stop"
+    try:
+        async for chunk in model.stream(
+            request.messages,
+            request.spec,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            seed=seed,
+        ):
+            if chunk:
+                times.append(time.perf_counter())
+                parts.append(chunk)
+    except TruncatedOutputError:
+        finish_reason = "length"
+    except OutputValidationError:
+        pass  # judged again below, like every other answer
+    except Exception as exc:
+        return Record(False, latency=time.perf_counter() - start, error=_error(exc))
+    return _streamed(start, times, "".join(parts), finish_reason, None)
+
+
+def _streamed(start: float, times: list[float], text: str, finish: str | None, tokens: int | None) -> Record:
+    end = time.perf_counter()
+    first = times[0] if times else None
+    return Record(
+        True,
+        text,
+        finish,
+        tokens,
+        latency=end - start,
+        ttft=(first - start) if first is not None else None,
+        tpot=_tpot(first, times[-1] if times else None, len(times)),  # vLLM streams a chunk per token
+        itl=[b - a for a, b in itertools.pairwise(times)],
+    )
+
+
+# --- offline -------------------------------------------------------------------------------------
+
+
+def sampling_params(request: Request | None, sampling: Sampling) -> Any:
+    """``SamplingParams`` for one request, with its constraint's fields (the same as online);
+    without a request, the bare sampling options the package adds the constraint to."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    constraint = request.spec.constraint if request else None
+    return SamplingParams(
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        seed=sampling.seed,
+        structured_outputs=StructuredOutputsParams(**constraint.structured_outputs()) if constraint else None,
+    )
+
+
+def offline_raw(llm: Any, requests: Sequence[Request], sampling: Sampling) -> list[Record]:
+    """One ``LLM.chat`` call for the whole batch (the offline baseline).
+
+    Per-request TTFT and time per output token come from vLLM's request stats when the engine
+    logs them (``disable_log_stats=False``); per-token gaps are not exposed offline.
+    """
+    params = [sampling_params(r, sampling) for r in requests]
+    start = time.perf_counter()
+    try:
+        outputs = llm.chat([r.messages for r in requests], params, use_tqdm=False)
+    except Exception as exc:
+        return [Record(False, latency=time.perf_counter() - start, error=_error(exc)) for _ in requests]
+    end = time.perf_counter()
+    records = []
+    for out in outputs:
+        completion = out.outputs[0]
+        stats = out.metrics
+        tokens = len(completion.token_ids)
+        records.append(
+            Record(
+                True,
+                completion.text,
+                completion.finish_reason,
+                tokens,
+                latency=end - start,
+                ttft=stats.first_token_latency if stats else None,
+                tpot=_tpot(stats.first_token_ts, stats.last_token_ts, tokens) if stats else None,
+            )
+        )
+    return records
+
+
+def offline_package(
+    model: Any, requests: Sequence[Request], sampling: Sampling, count_tokens: Callable[[str], int]
+) -> list[Record]:
+    """The batch through ``VLLMOffline.batch`` (one engine call, an output type per prompt).
+
+    Failed items come back as their exceptions; token counts come from re-tokenizing the text.
+    """
+    start = time.perf_counter()
+    try:
+        results = model.batch(
+            [r.messages for r in requests],
+            [r.spec for r in requests],
+            sampling_params=sampling_params(None, sampling),
+            return_exceptions=True,
+            progress=False,
+        )
+    except Exception as exc:
+        results = [exc] * len(requests)
+    end = time.perf_counter()
+    records = [_package_record(result) for result in results]
+    for record in records:
+        if record.ok:
+            package_tokens(record, count_tokens(record.text), sampling.max_tokens)
+    for record in records:
+        record.latency = end - start
+    return records
+
+
+def _package_record(result: Any) -> Record:
+    if isinstance(result, TruncatedOutputError):
+        return Record(True, result.text, "length")
+    if isinstance(result, OutputValidationError):
+        return Record(True, result.text, "stop")
+    if isinstance(result, BaseException):
+        return Record(False, error=_error(result))
+    return Record(True, result, "stop")
+
+
+def package_tokens(record: Record, count: int, max_tokens: int) -> None:
+    """Token count and finish reason of a package-path answer from its re-tokenized text.
+
+    The package returns text only: ``count`` tokens plus the stop token for a finished answer,
+    and an unconstrained answer that used the whole budget stopped at the limit ("length"),
+    which the package does not report for free text.
+    """
+    if record.finish_reason == "length" or count >= max_tokens:
+        record.finish_reason, record.output_tokens = "length", max_tokens
+    else:
+        record.output_tokens = count + 1

@@ -1,0 +1,257 @@
+"""Run a scenario online (a server URL), offline (an embedded ``vllm.LLM``) or both on a local
+model (an engine, then a ``LocalServer``), one structured-output backend after another.
+
+Each function returns run summaries (``stats.summarise``); ``results`` wraps them with the
+environment and the comparisons. Engines are started here only by ``run_local`` and the
+offline entry point when given a path; callers that pass an engine keep ownership of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import load, paths
+from .environment import environment
+from .paths import Sampling
+from .scenario import Scenario
+from .stats import comparisons, summarise
+from .workloads import Workload, build
+
+# Engines and servers the benchmark starts itself run without prefix caching: raw and package
+# runs send the same prompts, and a cache filled by the first would flatter the second.
+ENGINE_OPTIONS: dict[str, Any] = {"enable_prefix_caching": False, "disable_log_stats": False}
+
+
+def _plan(scenario: Scenario, mode: str) -> list[dict[str, Any]]:
+    """The runs of one mode: (workload, path, concurrency, rate, main) in the order they run."""
+    runs = []
+    for workload in scenario.workloads:
+        for path in scenario.paths:
+            runs.append({"workload": workload, "path": path, "concurrency": None, "rate": None, "main": True})
+            if mode == "online":
+                runs[-1]["concurrency"] = scenario.concurrency
+    if mode == "online":
+        for workload in scenario.sweep.get("workloads", []):
+            for level in scenario.sweep.get("concurrency", []):
+                if level == scenario.concurrency or workload not in scenario.workloads:
+                    continue
+                for path in scenario.paths:
+                    runs.append(
+                        {
+                            "workload": workload,
+                            "path": path,
+                            "concurrency": level,
+                            "rate": None,
+                            "main": False,
+                        }
+                    )
+        if scenario.rate:
+            for path in scenario.paths:
+                runs.append(
+                    {
+                        "workload": "json_fixed",
+                        "path": path,
+                        "concurrency": scenario.concurrency * 4,
+                        "rate": scenario.rate,
+                        "main": False,
+                    }
+                )
+    return runs
+
+
+def _workloads(scenario: Scenario, plan: list[dict[str, Any]], mode: str) -> Iterator[tuple[dict, Workload]]:
+    nonce = uuid.uuid4().hex[:6]  # new grammars for every invocation: first requests compile
+    for index, run in enumerate(plan):
+        yield (
+            run,
+            build(
+                run["workload"],
+                requests=scenario.requests,
+                warmup=scenario.warmup,
+                seed=scenario.seed,
+                salt=f"{nonce}{mode[:2]}{index}",
+                jsonschemabench=scenario.jsonschemabench,
+            ),
+        )
+
+
+def _sampling(scenario: Scenario) -> Sampling:
+    return Sampling(scenario.max_tokens, scenario.temperature, scenario.seed)
+
+
+def _package_missing(name: str) -> str | None:
+    """Why the package path cannot run (its model is missing from this build), or None."""
+    import outlines_vllm
+
+    return None if hasattr(outlines_vllm, name) else f"outlines_vllm.{name} is not available in this build"
+
+
+# --- online --------------------------------------------------------------------------------------
+
+
+def run_online(
+    base_url: str,
+    scenario: Scenario,
+    *,
+    model: str | None = None,
+    api_key: str | None = None,
+    backend: str = "auto",
+) -> list[dict[str, Any]]:
+    """Every online run of ``scenario`` against the OpenAI-compatible server at ``base_url``."""
+    return asyncio.run(_online(base_url.rstrip("/"), scenario, model, api_key, backend))
+
+
+async def _online(
+    base_url: str, scenario: Scenario, model: str | None, api_key: str | None, backend: str
+) -> list[dict[str, Any]]:
+    import openai
+
+    root = base_url.removesuffix("/v1")
+    client = openai.AsyncOpenAI(
+        base_url=root + "/v1", api_key=api_key or os.environ.get("OPENAI_API_KEY", "none"), max_retries=0
+    )
+    model = model or (await client.models.list()).data[0].id
+    sampling = _sampling(scenario)
+    senders: dict[str, load.SendOne] = {
+        "raw": lambda request, seed: paths.online_raw(client, model, request, sampling, seed)
+    }
+    if "package" in scenario.paths and not (missing := _package_missing("from_vllm")):
+        from outlines_vllm import from_vllm
+
+        package = from_vllm(client, model)
+        senders["package"] = lambda request, seed: paths.online_package(package, request, sampling, seed)
+    summaries = []
+    plan = _plan(scenario, "online")
+    for run, workload in tqdm(list(_workloads(scenario, plan, "online")), desc="online runs", unit="run"):
+        labels = {"mode": "online", "backend": backend, **run}
+        if run["path"] not in senders:
+            summaries.append({**labels, "skipped": missing})
+            continue
+        measured = await load.run_online(
+            senders[run["path"]],
+            workload,
+            concurrency=run["concurrency"],
+            rate=run["rate"],
+            seed=scenario.seed,
+            desc=f"{run['path']} {run['workload']} c={run['concurrency']}",
+        )
+        await _count_tokens_online(root, model, measured.records, api_key, scenario.max_tokens)
+        summaries.append(summarise(workload, measured, labels))
+    await client.close()
+    return summaries
+
+
+async def _count_tokens_online(
+    root: str, model: str, records: list[paths.Record], api_key: str | None, max_tokens: int
+) -> None:
+    """Fill in token counts the package path does not return, with the server's ``/tokenize``."""
+    import httpx
+
+    missing = [r for r in records if r.ok and r.output_tokens is None]
+    if not missing:
+        return
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=root, headers=headers, timeout=30) as http:
+        for record in missing:
+            reply = await http.post(
+                "/tokenize", json={"model": model, "prompt": record.text, "add_special_tokens": False}
+            )
+            reply.raise_for_status()
+            paths.package_tokens(record, reply.json()["count"], max_tokens)
+
+
+# --- offline -------------------------------------------------------------------------------------
+
+
+def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[dict[str, Any]]:
+    """Every offline run of ``scenario`` on the embedded engine ``llm`` (a ``vllm.LLM``)."""
+    sampling = _sampling(scenario)
+    tokenizer = llm.get_tokenizer()
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    senders: dict[str, load.SendBatch] = {"raw": lambda requests: paths.offline_raw(llm, requests, sampling)}
+    if "package" in scenario.paths and not (missing := _package_missing("from_vllm_offline")):
+        from outlines_vllm import from_vllm_offline
+
+        package = from_vllm_offline(llm)
+        senders["package"] = lambda requests: paths.offline_package(package, requests, sampling, count)
+    summaries = []
+    plan = _plan(scenario, "offline")
+    for run, workload in tqdm(list(_workloads(scenario, plan, "offline")), desc="offline runs", unit="run"):
+        labels = {"mode": "offline", "backend": backend, **run}
+        if run["path"] not in senders:
+            summaries.append({**labels, "skipped": missing})
+            continue
+        llm.reset_prefix_cache()  # a shared engine may cache prompts; each run starts cold
+        summaries.append(summarise(workload, load.run_offline(senders[run["path"]], workload), labels))
+    return summaries
+
+
+@contextmanager
+def offline_engine(model: str | os.PathLike[str], *, backend: str = "auto", seed: int = 0) -> Iterator[Any]:
+    """An embedded engine that logs per-request stats (TTFT, TPOT), shut down on exit."""
+    from vllm import LLM
+
+    from ..launch import engine_kwargs
+
+    extra = {"structured_outputs_config": {"backend": backend}} if backend != "auto" else {}
+    llm = LLM(str(model), seed=seed, **engine_kwargs(**ENGINE_OPTIONS, **extra))
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def run_local(
+    model: str | os.PathLike[str], scenario: Scenario, *, log_dir: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Offline then online (a ``LocalServer``) on ``model``, once per backend of the scenario."""
+    from ..launch import LocalServer
+
+    summaries: list[dict[str, Any]] = []
+    for backend in scenario.backends:
+        if "offline" in scenario.modes:
+            print(f"[bench] offline, backend {backend}: starting an embedded engine on {model}", flush=True)
+            with offline_engine(model, backend=backend, seed=scenario.seed) as llm:
+                summaries += run_offline(llm, scenario, backend=backend)
+        if "online" in scenario.modes:
+            print(f"[bench] online, backend {backend}: starting a local vLLM server", flush=True)
+            extra = ["--no-enable-prefix-caching"]
+            if backend != "auto":
+                extra += ["--structured-outputs-config", json.dumps({"backend": backend})]
+            log = Path(log_dir) / f"server-{backend}.log" if log_dir else None
+            with LocalServer(model, served_model_name="bench", extra_args=extra, log_path=log) as server:
+                summaries += run_online(server.base_url, scenario, model="bench", backend=backend)
+    return summaries
+
+
+def results(
+    summaries: list[dict[str, Any]],
+    scenario: Scenario,
+    *,
+    model: str,
+    base_url: str | None = None,
+    command: str | None = None,
+    engine_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The results document: environment, scenario, every run, and the comparison ratios.
+    ``engine_options`` are the options of engines the benchmark started (None: not ours)."""
+    return {
+        "command": command,
+        "engine_options": engine_options,
+        "environment": environment(model=model, base_url=base_url, backends=scenario.backends),
+        "scenario": scenario.as_dict(),
+        "runs": summaries,
+        "comparisons": comparisons([s for s in summaries if "skipped" not in s]),
+    }

@@ -1,0 +1,83 @@
+"""A benchmark scenario: what to send, how hard, and which comparisons to make.
+
+Scenarios are YAML or JSON files in ``benchmarks/`` (``default.yaml``, ``full.yaml``,
+``tiny.yaml``); any field left out takes the default below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .workloads import WORKLOADS
+
+SCENARIO_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@dataclass
+class Scenario:
+    name: str = "default"
+    seed: int = 0
+    requests: int = 8  # measured requests per run
+    warmup: int = 2  # per run, sent before the clock starts, not counted
+    max_tokens: int = 128  # the same budget for every workload, constrained or not
+    temperature: float = 0.7
+    workloads: list[str] = field(
+        default_factory=lambda: [
+            "json_fixed",
+            "json_free_whitespace",
+            "json_unique",
+            "jsonschemabench",
+            "regex",
+            "choice",
+            "grammar",
+            "none",
+        ]
+    )
+    paths: list[str] = field(default_factory=lambda: ["raw", "package"])
+    modes: list[str] = field(default_factory=lambda: ["offline", "online"])
+    concurrency: int = 8  # online: the limit for every workload's main run
+    sweep: dict[str, Any] = field(
+        default_factory=lambda: {"workloads": ["json_fixed", "none"], "concurrency": [1, 4, 16]}
+    )
+    rate: float | None = None  # Poisson arrivals per second for an extra json_fixed run online
+    backends: list[str] = field(default_factory=lambda: ["auto"])
+    jsonschemabench: dict[str, Any] = field(
+        default_factory=lambda: {"sets": ["Glaiveai2K", "Github_easy"], "schemas": 32}
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.workloads) - set(WORKLOADS)
+        if unknown:
+            raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
+        if set(self.paths) - {"raw", "package"} or set(self.modes) - {"online", "offline"}:
+            raise ValueError("paths are 'raw'/'package' and modes 'online'/'offline'")
+        if self.requests < 1 or self.warmup < 0 or self.max_tokens < 1:
+            raise ValueError("requests >= 1, warmup >= 0 and max_tokens >= 1 are required")
+
+    @classmethod
+    def load(cls, source: str | Path | None = None, **overrides: Any) -> Scenario:
+        """A scenario from a file (a path, or a name in ``benchmarks/``), then ``overrides``."""
+        data: dict[str, Any] = {}
+        if source is not None:
+            path = Path(source)
+            if not path.exists() and (SCENARIO_DIR / f"{source}.yaml").exists():
+                path = SCENARIO_DIR / f"{source}.yaml"
+            text = path.read_text()
+            if path.suffix == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := set(data) - known:
+            raise ValueError(f"{source}: unknown scenario fields {sorted(unknown)}; known: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
