@@ -124,9 +124,13 @@ class Ingress:
             if info.stream:
                 return await self._stream(handle, endpoint, info.body, observation)
             reply = await self._call(handle, "POST", endpoint, info.body)
-        except BaseException:
-            observation.record(500)
+        except asyncio.CancelledError:  # the client went away
+            observation.record(499)
             raise
+        except Exception as exc:  # a replica failed in a way Serve could not retry
+            logger.exception("ingress %s: %s failed", self.id, endpoint)
+            observation.record(502)
+            return Response(error_body(f"the replica failed: {exc!r}; retry", 502), 502, media_type=JSON)
         observation.replica = reply.replica
         if reply.status == 200:
             observation.response(reply.body)
