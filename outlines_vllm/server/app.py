@@ -7,8 +7,10 @@ KubeRay's RayService use; ``run()`` is what ``outlines-vllm serve`` does on top 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ray.serve import Application
@@ -103,7 +105,11 @@ def run(
         serve.start(http_options={"host": host, "port": port})
         names = [m.served_name for m in config.models]
         print(f"outlines-vllm: starting {names} (engines take about a minute on CPU)...", flush=True)
-        serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+        app = build_app(config)
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        _with_progress(
+            lambda: serve.run(app, name=APP_NAME, route_prefix="/"), config, f"http://{local}:{port}/health"
+        )
         print(f"outlines-vllm: serving {names} at http://{host}:{port}/v1 (metrics at /metrics)", flush=True)
         while not stop.wait(1.0):
             pass
@@ -114,3 +120,45 @@ def run(
             ray.shutdown()
         else:
             serve.delete(APP_NAME)
+
+
+def _with_progress(deploy: Callable[[], object], config: AppConfig, health_url: str) -> None:
+    """Run ``deploy`` (it blocks until every replica is up) with a bar of engine replicas ready,
+    read from the ingress's ``/health`` (Serve's own status API must not be called meanwhile)."""
+    from tqdm.auto import tqdm
+
+    total = sum(m.replicas or max(m.min_replicas, 1) for m in config.models)
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            deploy()
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="deploy", daemon=True).start()
+    with tqdm(total=total, desc="engine replicas ready", unit="replica") as bar:
+        while not done.wait(2.0):
+            with contextlib.suppress(OSError, ValueError, KeyError):  # the ingress may not be up yet
+                bar.update(min(_replicas_up(health_url), total) - bar.n)
+        if not failure:
+            bar.update(total - bar.n)
+    if failure:
+        raise failure[0]
+
+
+def _replicas_up(health_url: str) -> int:
+    """Healthy engine replicas of every model, from the ingress's /health (200 or 503)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(health_url, timeout=2) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:  # 503 while some model has no healthy replica
+        body = error.read()
+    return sum(json.loads(body)["replicas"].values())
