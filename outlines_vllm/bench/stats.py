@@ -77,6 +77,7 @@ def summarise(workload: Workload, measured: Measured, labels: dict[str, Any]) ->
         "tokens_per_valid_object": sum(tokens) / len(valid) if valid else None,
         "first_request": {
             "latency_s": first.latency,
+            "ttft_s": first.ttft,  # grammar compilation happens before the first token
             "ok": first.ok,
             "valid": bool(first_verdict and first_verdict.valid),
         },

@@ -78,7 +78,7 @@ def test_summary_counts_add_up_and_validity_is_judged_by_schema():
     assert run["sent"] == run["succeeded"] + run["failed"]
     assert run["valid_objects_per_s"] == pytest.approx(0.5)
     assert run["output_tokens_per_s"] == pytest.approx(45.0)
-    assert run["first_request"] == {"latency_s": 3.0, "ok": True, "valid": True}
+    assert run["first_request"] == {"latency_s": 3.0, "ttft_s": None, "ok": True, "valid": True}
     assert run["errors"] == {"APIConnectionError: refused": 1}
     assert [a.get("valid") for a in run["answers"]] == [True, False, False, None]
     assert run["itl_s"]["p50"] == pytest.approx(0.025)
