@@ -31,7 +31,7 @@ from .replica import JSON, Reply, error_body
 from .validation import CHAT, COMPLETIONS, CONSTRAINT_HEADER, BadRequest, inspect_request
 
 logger = logging.getLogger("ray.serve")
-app = FastAPI(title="outlines-vllm", description=__doc__)
+app = FastAPI(title="outlines-vllm", docs_url=None, redoc_url=None, openapi_url=None)  # no open extras
 RETRYABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
 
 
@@ -143,9 +143,7 @@ class Ingress:
             try:
                 reply = await handle.forward.remote(method, path, body)
             except RETRYABLE as exc:
-                reply = Reply(
-                    503, JSON, error_body(f"no replica could take the request: {exc}", 503), "", True
-                )
+                reply = _unavailable(exc)
             if not reply.retry:
                 return reply
             await asyncio.sleep(0.1 * (attempt + 1))
@@ -159,9 +157,7 @@ class Ingress:
             try:
                 head = await chunks.__anext__()
             except RETRYABLE as exc:
-                head = Reply(
-                    503, JSON, error_body(f"no replica could take the request: {exc}", 503), "", True
-                )
+                head = _unavailable(exc)
             if not head.retry:
                 break
             chunks.cancel()
@@ -218,6 +214,11 @@ class Ingress:
             except Exception as exc:
                 logger.warning("ingress %s: metrics push failed: %r", self.id, exc)
             await asyncio.sleep(period)
+
+
+def _unavailable(exc: Exception) -> Reply:
+    """Serve could not hand the request to a replica (it died, or all are full): safe to retry."""
+    return Reply(503, JSON, error_body(f"no replica could take the request: {exc}", 503), "", retry=True)
 
 
 def _listing(name: str) -> dict[str, Any]:
