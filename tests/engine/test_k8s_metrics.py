@@ -31,6 +31,7 @@ NAMESPACE = "outlines-vllm"
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 # A choice cut short by stop strings: "y" or "n" is no valid choice (an invalid structured output).
 CUT_CHOICE = {"max_tokens": 8, "structured_outputs": {"choice": ["yes", "no"]}, "stop": ["e", "o"]}
+BAD_PER_ROUND = 6
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +50,29 @@ def used(built: dict[str, list[dict[str, Any]]]) -> set[str]:
     return names
 
 
-def exported(base_url: str) -> set[str]:
-    """Sample names of a server's /metrics."""
+def samples(base_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``{sample name: [(labels, value), ...]}`` of a server's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(base_url + "/metrics", timeout=10).text
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(httpx.get(base_url + "/metrics", timeout=10).text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
 
 
 def test_vllm_metrics_of_alerts_and_dashboard_are_exported_by_the_vllm_server(
     plain_traffic: Any, used: set[str]
 ) -> None:
     wanted = {n for n in used if n.startswith("vllm:")}
-    assert wanted - exported(plain_traffic.base_url) == set()
+    assert wanted - set(samples(plain_traffic.base_url)) == set()
 
 
 def test_every_metric_of_alerts_and_dashboard_is_exported_by_the_ingress(
     ray_traffic: Any, used: set[str]
 ) -> None:
     """The Ray layout scrapes only the ingress: it must show our metrics and the engines' vllm: ones."""
-    names = set(ray_traffic.metrics())
+    names = set(samples(ray_traffic.base_url))
     assert used - names == set()
 
 
@@ -111,9 +115,16 @@ def prometheus(vllm_server: Any, ray_server: Any, tmp_path_factory: pytest.TempP
             process.wait()
 
 
-def scraped() -> None:
-    """Wait for two more scrapes, so Prometheus sees what the last requests changed."""
-    time.sleep(2.5)
+def scraped(url: str, server: Any, name: str) -> None:
+    """Wait until Prometheus holds the server's current total of counter ``name`` (all series)."""
+    expected = sum(value for labels, value in samples(server.base_url).get(name, []))
+    deadline = time.monotonic() + 60
+    while True:
+        result = query(url, f'sum({name}{{instance="{server.base_url.removeprefix("http://")}"}})')
+        if result and float(result[0]["value"][1]) == expected:
+            return
+        assert time.monotonic() < deadline, f"Prometheus never caught up with {name} = {expected}"
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +135,14 @@ def plain_traffic(vllm_server: Any, openai_client: Any, prometheus: str) -> Any:
             model=SERVED_NAME, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
         )
         assert reply.choices[0].message.content
-        scraped()
+        scraped(prometheus, vllm_server, "vllm:request_success_total")
     return vllm_server
 
 
 @pytest.fixture(scope="module")
 def ray_traffic(ray_server: Any, prometheus: str) -> Any:
-    """Through the ingress, twice (scraped between): a valid and a truncated (max_tokens) JSON
-    output, an invalid choice (cut by stop strings), a streamed one (the ingress's time to first
+    """Through the ingress, twice (scraped between): a valid and truncated (max_tokens) JSON
+    outputs, invalid choices (cut by stop strings), a streamed one (the ingress's time to first
     token) and a request vLLM refuses (an error status)."""
     headers = {"Authorization": f"Bearer {ray_server.api_key}"}
     base = {
@@ -141,7 +152,9 @@ def ray_traffic(ray_server: Any, prometheus: str) -> Any:
     }
     with httpx.Client(base_url=ray_server.base_url, headers=headers, timeout=120) as client:
         for _ in range(2):
-            for extra in ({"max_tokens": 40}, {"max_tokens": 2}, CUT_CHOICE):
+            # Series carry a `replica` label, and rate() needs one that grows between scrapes: six
+            # of each bad kind per round make "each round on a different replica" (1 in 2000) moot.
+            for extra in ({"max_tokens": 40}, *[{"max_tokens": 2}, CUT_CHOICE] * BAD_PER_ROUND):
                 response = client.post("/v1/chat/completions", json={**base, **extra})
                 assert response.status_code == 200, response.text
             with client.stream(
@@ -152,7 +165,7 @@ def ray_traffic(ray_server: Any, prometheus: str) -> Any:
             assert (
                 client.post("/v1/chat/completions", json={**base, "max_tokens": 100_000}).status_code == 400
             )
-            scraped()
+            scraped(prometheus, ray_server, "outlines_vllm_requests_total")
     return ray_server
 
 
@@ -187,7 +200,7 @@ def test_every_dashboard_query_returns_series(
 def test_alert_queries_evaluate_on_real_series(
     built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: str
 ) -> None:
-    """The structured-output alerts' conditions hold on the deliberately bad traffic (1 in 3 JSON
+    """The structured-output alerts' conditions hold on the deliberately bad traffic (most JSON
     outputs truncated, every choice invalid); the availability alerts' conditions do not."""
     rules = {
         rule["alert"]: rule["expr"] for group in k8s.rule_groups(built["plain"]) for rule in group["rules"]
