@@ -206,6 +206,10 @@ class VLLMOffline(_Offline):
 
     engine: LLM
 
+    def close(self) -> None:
+        """Shut the engine down (its engine-core process included)."""
+        self.engine.llm_engine.engine_core.shutdown()
+
     def generate(
         self,
         prompt: Any,
@@ -348,6 +352,10 @@ class AsyncVLLMOffline(_Offline):
     """Structured generation on vLLM's async engine (``AsyncLLM``) in this process, with
     streaming of text and of partial JSON objects. Same methods as :class:`VLLMOffline`,
     awaitable / async iterators."""
+
+    def close(self) -> None:
+        """Shut the engine down (its engine-core process included)."""
+        self.engine.shutdown()
 
     async def generate(
         self,

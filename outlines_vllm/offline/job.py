@@ -19,11 +19,12 @@ rest, so after a crash (even ``kill -9``) no record is lost or written twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,10 +367,14 @@ def run_job(spec: JobSpec, model: Any = None) -> JobResult:
         (pending if isinstance(entry, Item) else bad).append(entry)
 
     result = JobResult(total=len(done), written=0, errors=0, skipped=len(done))
-    with (
-        RecordWriter(spec.output) as writer,
-        tqdm(total=total, initial=len(done), unit="rec", desc="offline job", dynamic_ncols=True) as bar,
-    ):
+    with contextlib.ExitStack() as stack:
+        if model is None and pending and not spec.ray:
+            model = load_model(spec)  # before the bar starts, so its rate and ETA count generation only
+            stack.callback(model.close)
+        writer = stack.enter_context(RecordWriter(spec.output))
+        bar = stack.enter_context(
+            tqdm(total=total, initial=len(done), unit="rec", desc="offline job", dynamic_ncols=True)
+        )
 
         def sink(records: list[dict[str, Any]]) -> None:
             writer.write(records)
@@ -379,23 +384,15 @@ def run_job(spec: JobSpec, model: Any = None) -> JobResult:
 
         if bad:
             sink(bad)
-        if pending:
-            if spec.ray:
-                from .ray_runner import run_on_ray
+        if pending and spec.ray:
+            from .ray_runner import run_on_ray
 
-                run_on_ray(spec, pending, sink)
-            else:
-                _run_local(spec, pending, sink, model)
+            run_on_ray(spec, pending, sink)
+        elif pending:
+            for start in range(0, len(pending), spec.chunk_size):
+                sink(generate_records(model, pending[start : start + spec.chunk_size], spec))
     result.total += result.written
     return result
-
-
-def _run_local(
-    spec: JobSpec, pending: list[Item], sink: Callable[[list[dict[str, Any]]], None], model: Any
-) -> None:
-    model = model if model is not None else load_model(spec)
-    for start in range(0, len(pending), spec.chunk_size):
-        sink(generate_records(model, pending[start : start + spec.chunk_size], spec))
 
 
 def load_model(spec: JobSpec) -> Any:

@@ -64,9 +64,11 @@ def _init_ray(spec: JobSpec) -> None:
     if spec.ray_address:
         ray.init(address=spec.ray_address, log_to_driver=False)
         return
-    # A local Ray for this job alone: enough logical CPUs for the replicas plus Ray Data's
-    # own tasks, a small object store, no dashboard.
+    # A new local Ray for this job alone (never a cluster someone else started on this
+    # machine): enough logical CPUs for the replicas plus Ray Data's own tasks, a small
+    # object store, no dashboard.
     ray.init(
+        address="local",
         num_cpus=max(os.cpu_count() or 1, spec.replicas + 1),
         object_store_memory=OBJECT_STORE_BYTES,
         include_dashboard=False,
@@ -84,6 +86,11 @@ class _Replica:
             self._core_lock = _claim_cpu_core()
         self.spec = spec
         self.model = load_model(spec)
+
+    def __del__(self) -> None:
+        # Ray Data drops the UDF when the actor exits gracefully: stop the engine with it.
+        if model := getattr(self, "model", None):
+            model.close()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np

@@ -163,3 +163,13 @@ def test_ray_data_with_two_cpu_replicas_gives_the_same_records_as_local(model, m
     import ray
 
     assert not ray.is_initialized()
+    # The replicas (and their engines) are gone soon after the job: nothing left running.
+    deadline = time.monotonic() + 60
+    while replica_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not replica_processes()
+
+
+def replica_processes() -> list[str]:
+    found = subprocess.run(["pgrep", "-f", r"MapBatches\(_Replica\)"], capture_output=True, text=True)
+    return found.stdout.split()
