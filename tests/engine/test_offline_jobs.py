@@ -29,6 +29,10 @@ PET_SCHEMA = {
 }
 
 
+# The extra engines these tests start need little KV cache (tiny jobs): keep the suite's memory low.
+SMALL_KV_CACHE = 256 << 20
+
+
 def write_jsonl(path: Path, rows: list[object]) -> Path:
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return path
@@ -95,6 +99,7 @@ def test_sigkill_partway_then_rerun_gives_every_id_exactly_once(model, model_pat
         sys.executable, "-m", "outlines_vllm.cli", "offline", "run",
         "--model", str(model_path), "--input", str(source), "--output", str(out),
         "--schema", str(schema), "--chunk-size", "2", "--max-tokens", "48",
+        "--engine-arg", f"kv_cache_memory_bytes={SMALL_KV_CACHE}",
     ]  # fmt: skip
     log = (tmp_path / "job.log").open("wb")
     job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -152,7 +157,8 @@ def test_ray_data_with_two_cpu_replicas_gives_the_same_records_as_local(model, m
 
     local_out, ray_out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     run_job(make_spec(output=local_out, **options), model=model)
-    result = run_job(make_spec(output=ray_out, ray=True, replicas=2, **options))
+    small = {"kv_cache_memory_bytes": SMALL_KV_CACHE}
+    result = run_job(make_spec(output=ray_out, ray=True, replicas=2, engine=small, **options))
 
     assert result.written == len(rows)
 

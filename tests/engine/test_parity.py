@@ -12,7 +12,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel
 
-from outlines_vllm import Regex, from_vllm, from_vllm_offline, load
+from outlines_vllm import VLLM, AsyncVLLM, Regex, UnsupportedModelError, from_vllm, from_vllm_offline, load
 
 from ..conftest import SERVED_NAME
 
@@ -42,14 +42,11 @@ def test_greedy_text_is_the_same_online_and_offline(kind, llm, openai_client):
 
 
 def test_load_switches_on_the_target(vllm_server, model_path):
-    from outlines_vllm import VLLM
-
     model = load(vllm_server.base_url, model_name=SERVED_NAME)
     assert isinstance(model, VLLM)
+    assert isinstance(load(vllm_server.base_url + "/v1/", async_=True), AsyncVLLM)
     assert model("Pick one.", Literal["cat", "dog"], max_tokens=4, temperature=0) in ("cat", "dog")
     # A local folder gives the offline model (started for real by the async_llm fixture and the
     # offline job tests); anything else is refused with what to pass instead.
-    from outlines_vllm import UnsupportedModelError
-
     with pytest.raises(UnsupportedModelError, match="server URL"):
         load(model_path / "no-such-folder")
