@@ -145,8 +145,10 @@ class _Offline:
         from vllm import SamplingParams
 
         if sampling_params is None:
-            return SamplingParams.from_optional(**{"max_tokens": None, **self._defaults, **fields})
-        params = sampling_params.clone()
+            params = SamplingParams.from_optional(**{"max_tokens": None, **self._defaults})
+        else:
+            params = sampling_params.clone()
+        # replace() validates like the constructor does (and makes another copy).
         return msgspec.structs.replace(params, **fields) if fields else params
 
     def _render(self, prompt: Any, endpoint: Endpoint, chat_args: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +193,7 @@ class _Offline:
         for prompt, tp, sp in zip(prompts, types, params, strict=True):
             try:
                 out.append(self._request(prompt, tp, sp, kwargs))
-            except (TypeError, ValueError) as exc:  # our named errors, and vLLM's own checks
+            except Exception as exc:  # our named errors, and vLLM's own checks of the params
                 out.append(exc)
         return out
 
