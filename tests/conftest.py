@@ -115,13 +115,15 @@ ENGINE_FIXTURES.add("ray_server")
 @pytest.fixture(scope="session")
 def ray_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """``outlines-vllm serve``: Ray Serve with two CPU replicas of the default model (one core
-    each) behind the ingress, API key ``ray_server.api_key``; stopped at the end with every
-    replica's engine process."""
+    each) behind the ingress, API key ``ray_server.api_key``; stopped at the end (a request in
+    flight then must still complete) with every replica's engine process."""
     from tests.ray_app import RayApp
 
     app = RayApp(model_path, tmp_path_factory.mktemp("ray-app") / "serve.log").start()
     try:
         yield app
     finally:
+        in_flight = app.slow_request()
         leftovers = app.stop()
+        assert in_flight.result(timeout=120) == 200, "stopping the app must drain in-flight requests"
         assert not leftovers, f"engine processes {leftovers} outlived the Ray app"

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,34 @@ class RayApp:
         for pid, replica in marked_processes(owner=self.owner).items():
             by_replica.setdefault(replica, []).append(pid)
         return by_replica
+
+    def slow_request(self, tokens: int = 96) -> Future[int]:
+        """Start a chat request that generates ``tokens`` tokens; its future gives the HTTP status."""
+        body = {
+            "model": SERVED_NAME,
+            "messages": [{"role": "user", "content": "Tell a story."}],
+            "max_tokens": tokens,
+            "min_tokens": tokens,
+        }
+        request = urllib.request.Request(
+            self.base_url + "/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.api_key}", "Content-Type": "application/json"},
+        )
+
+        def send() -> int:
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    content = json.loads(response.read())["choices"][0]["message"]["content"]
+                    return response.status if content else 0
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except (urllib.error.URLError, OSError):
+                return 0
+
+        future: Future[int] = ThreadPoolExecutor(1).submit(send)
+        time.sleep(1.0)  # let it reach an engine
+        return future
 
     def stop(self, timeout: float = 90.0) -> list[int]:
         """SIGTERM the CLI (it drains and stops Ray); returns engine pids that outlived it."""

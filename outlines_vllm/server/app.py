@@ -115,11 +115,13 @@ def run(
             pass
         print("outlines-vllm: draining in-flight requests and stopping...", flush=True)
     finally:
+        # Deleting the app first drains it: the proxy still delivers in-flight responses while
+        # Serve waits for every replica's requests (serve.shutdown() would drop the proxy first).
+        with contextlib.suppress(Exception):
+            serve.delete(APP_NAME)
         if own_cluster:
             serve.shutdown()
             ray.shutdown()
-        else:
-            serve.delete(APP_NAME)
 
 
 def _with_progress(deploy: Callable[[], object], config: AppConfig, health_url: str) -> None:
