@@ -145,12 +145,27 @@ class LocalServer:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` still exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether any live (non-zombie) process of group ``pgid`` still exists.
+
+    Zombies are left out: an orphaned engine worker that has exited may linger as a zombie
+    where PID 1 does not reap, and it holds no memory, port or core.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: ask the kernel, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ")".
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
