@@ -50,6 +50,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "vllm_args": args.vllm_args,
     }
     if args.replicas is not None:
+        if args.max_replicas is not None:
+            raise SystemExit(
+                "outlines-vllm serve: --replicas fixes the count; use --min/--max-replicas to autoscale"
+            )
         model["replicas"] = args.replicas
     else:
         model["min_replicas"] = 1 if args.min_replicas is None else args.min_replicas

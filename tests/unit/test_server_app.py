@@ -215,6 +215,8 @@ def test_cli_flags_become_the_app_config() -> None:
     assert model.vllm_args == ["--max-num-seqs", "8"] and config.api_key == "k" and args.port == 8000
     fixed = config_from_args(build_parser().parse_args(["serve", "--replicas", "2"]))
     assert fixed.models[0].replicas == 2
+    with pytest.raises(SystemExit, match="--replicas fixes the count"):
+        config_from_args(build_parser().parse_args(["serve", "--replicas", "2", "--max-replicas", "3"]))
 
 
 def test_each_replica_gets_its_own_cores(monkeypatch: pytest.MonkeyPatch) -> None:
