@@ -3,27 +3,20 @@ embedded engine) and online (a local vLLM server), printing the table and writin
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 
 def main(online: bool = True, out: str | Path = "benchmarks/results/latest") -> int:
-    from .bench.report import write
+    from .bench.cli import command_line
+    from .bench.report import publish
     from .bench.runner import ENGINE_OPTIONS, results, run_local
     from .bench.scenario import Scenario
     from .default_model import prepare
 
     model = str(prepare())
     scenario = Scenario.load("default", modes=None if online else ["offline"])
-    document = results(
-        run_local(model, scenario),
-        scenario,
-        model=model,
-        engine_options=ENGINE_OPTIONS,
-        command="outlines-vllm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    summaries = run_local(model, scenario)
+    publish(
+        results(summaries, scenario, model=model, command=command_line(), engine_options=ENGINE_OPTIONS), out
     )
-    files = write(document, out)
-    print(files["markdown"].read_text())
-    print("\n".join(f"wrote {path}" for path in files.values()))
     return 0

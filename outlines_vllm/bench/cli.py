@@ -58,15 +58,16 @@ def _scenario(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def _finish(summaries: list[dict[str, Any]], scenario: Any, out: Path, **context: Any) -> int:
-    from .report import write
+    from .report import publish
     from .runner import results
 
-    command = "outlines-vllm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    document = results(summaries, scenario, command=command, **context)
-    files = write(document, out)
-    print(files["markdown"].read_text())
-    print("\n".join(f"wrote {path}" for path in files.values()))
+    publish(results(summaries, scenario, command=command_line(), **context), out)
     return 0
+
+
+def command_line() -> str:
+    """The command as typed, recorded in the results."""
+    return "outlines-vllm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def _online(args: argparse.Namespace) -> int:

@@ -23,6 +23,14 @@ def write(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     return files
 
 
+def publish(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write everything (``write``) and print the short table, the ratios and the file paths."""
+    files = write(results, out_dir)
+    print("\n" + summary(results) + "\n" + ratios(results["comparisons"]))
+    print("\n".join(f"wrote {path}" for path in files.values()))
+    return files
+
+
 def _num(value: float | None, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -164,6 +172,8 @@ def markdown(results: dict[str, Any]) -> str:
         head
         + "\n## Ratios\n\n"
         + ratios(results["comparisons"])
+        + "\n## Summary (main load)\n\n"
+        + summary(results)
         + "\n## Runs\n\n"
         + table(results["runs"])
         + legend
