@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import OfflineJobError
 from .job import Item, JobSpec, generate_records, load_model
 
 OBJECT_STORE_BYTES = 128 << 20  # items and records are small; keep Ray's shared memory modest
@@ -32,6 +33,14 @@ def run_on_ray(spec: JobSpec, pending: list[Item], sink: Callable[[list[dict[str
     import ray
     import ray.data
 
+    from ..launch import has_gpu
+
+    if spec.gpus_per_replica and not spec.ray_address and not has_gpu():
+        # A local Ray here has no GPU: the replicas would wait for one forever.
+        raise OfflineJobError(
+            "gpus_per_replica > 0 but this machine has no GPU; use --gpus-per-replica 0 (CPU "
+            "replicas) or --ray-address to run on a cluster with GPUs"
+        )
     started = not ray.is_initialized()
     if started:
         _init_ray(spec)

@@ -111,3 +111,14 @@ def test_example_job_specs_load(tmp_path):
     for spec_path in sorted(folder.glob("jobs/*.yaml")):
         spec = load_spec(spec_path, model=str(tmp_path))
         assert spec.input.exists(), spec_path
+
+
+def test_ray_mode_refuses_gpus_on_a_machine_without_one(tmp_path):
+    from outlines_vllm.launch import has_gpu
+    from outlines_vllm.offline.ray_runner import run_on_ray
+
+    if has_gpu():
+        pytest.skip("this machine has a GPU")
+    spec = make_spec(model="m", input=tmp_path / "i", output=tmp_path / "o", ray=True, gpus_per_replica=1)
+    with pytest.raises(OfflineJobError, match="no GPU"):
+        run_on_ray(spec, [Item(1, 1, "x", None)], lambda records: None)
