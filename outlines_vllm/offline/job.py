@@ -396,7 +396,12 @@ def run_job(spec: JobSpec, model: Any = None) -> JobResult:
 
 
 def load_model(spec: JobSpec) -> Any:
-    """The job's model: ``spec.model`` through :func:`outlines_vllm.load` (a folder or a URL)."""
+    """The job's engine: ``spec.model`` (a local folder) through :func:`outlines_vllm.load`."""
     from ..switch import load
 
+    if not Path(spec.model).is_dir():
+        raise OfflineJobError(
+            f"model {spec.model!r} is not a local model folder; offline jobs embed the engine "
+            "(for a server, use model.batch on outlines_vllm.load(url))"
+        )
     return load(spec.model, **spec.engine)

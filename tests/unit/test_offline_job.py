@@ -18,6 +18,7 @@ from outlines_vllm.offline.job import (
     parse_line,
     read_done,
     read_input,
+    run_job,
 )
 
 
@@ -122,3 +123,12 @@ def test_ray_mode_refuses_gpus_on_a_machine_without_one(tmp_path):
     spec = make_spec(model="m", input=tmp_path / "i", output=tmp_path / "o", ray=True, gpus_per_replica=1)
     with pytest.raises(OfflineJobError, match="no GPU"):
         run_on_ray(spec, [Item(1, 1, "x", None)], lambda records: None)
+
+
+def test_a_job_needs_a_local_model_folder(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "x"}\n')
+    spec = make_spec(model="http://127.0.0.1:8000", input=source, output=tmp_path / "out.jsonl")
+    with pytest.raises(OfflineJobError, match="not a local model folder"):
+        run_job(spec)
+    assert not (tmp_path / "out.jsonl").exists()
