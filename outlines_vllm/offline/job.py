@@ -349,6 +349,11 @@ def run_job(spec: JobSpec, model: Any = None) -> JobResult:
     on Ray Data replicas when ``spec.ray``. Progress goes to stderr as a tqdm bar."""
     from tqdm import tqdm
 
+    if model is None and not Path(spec.model).is_dir():
+        raise OfflineJobError(
+            f"model {spec.model!r} is not a local model folder; offline jobs embed the engine "
+            "(for a server, use model.batch on outlines_vllm.load(url))"
+        )
     done = read_done(spec.output)
     pending: list[Item] = []
     bad: list[dict[str, Any]] = []
@@ -399,9 +404,4 @@ def load_model(spec: JobSpec) -> Any:
     """The job's engine: ``spec.model`` (a local folder) through :func:`outlines_vllm.load`."""
     from ..switch import load
 
-    if not Path(spec.model).is_dir():
-        raise OfflineJobError(
-            f"model {spec.model!r} is not a local model folder; offline jobs embed the engine "
-            "(for a server, use model.batch on outlines_vllm.load(url))"
-        )
     return load(spec.model, **spec.engine)
