@@ -32,40 +32,26 @@ ENGINE_OPTIONS: dict[str, Any] = {"enable_prefix_caching": False, "disable_log_s
 
 
 def _plan(scenario: Scenario, mode: str) -> list[dict[str, Any]]:
-    """The runs of one mode: (workload, path, concurrency, rate, main) in the order they run."""
-    runs = []
-    for workload in scenario.workloads:
-        for path in scenario.paths:
-            runs.append({"workload": workload, "path": path, "concurrency": None, "rate": None, "main": True})
-            if mode == "online":
-                runs[-1]["concurrency"] = scenario.concurrency
-    if mode == "online":
-        for workload in scenario.sweep.get("workloads", []):
-            for level in scenario.sweep.get("concurrency", []):
-                if level == scenario.concurrency or workload not in scenario.workloads:
-                    continue
-                for path in scenario.paths:
-                    runs.append(
-                        {
-                            "workload": workload,
-                            "path": path,
-                            "concurrency": level,
-                            "rate": None,
-                            "main": False,
-                        }
-                    )
-        if scenario.rate:
-            for path in scenario.paths:
-                runs.append(
-                    {
-                        "workload": "json_fixed",
-                        "path": path,
-                        "concurrency": scenario.concurrency * 4,
-                        "rate": scenario.rate,
-                        "main": False,
-                    }
-                )
-    return runs
+    """The runs of one mode, in the order they run: every workload at the main load (``main``:
+    the runs the comparisons use), then, online, the concurrency sweep and the Poisson run."""
+
+    def runs(workload: str, concurrency: int | None, rate: float | None = None) -> list[dict[str, Any]]:
+        main = concurrency == (scenario.concurrency if mode == "online" else None) and rate is None
+        return [
+            {"workload": workload, "path": path, "concurrency": concurrency, "rate": rate, "main": main}
+            for path in scenario.paths
+        ]
+
+    if mode == "offline":
+        return [run for workload in scenario.workloads for run in runs(workload, None)]
+    plan = [run for workload in scenario.workloads for run in runs(workload, scenario.concurrency)]
+    for workload in scenario.sweep.get("workloads", []):
+        for level in scenario.sweep.get("concurrency", []):
+            if level != scenario.concurrency and workload in scenario.workloads:
+                plan += runs(workload, level)
+    if scenario.rate:
+        plan += runs("json_fixed", scenario.concurrency * 4, scenario.rate)
+    return plan
 
 
 def _workloads(scenario: Scenario, plan: list[dict[str, Any]], mode: str) -> Iterator[tuple[dict, Workload]]:

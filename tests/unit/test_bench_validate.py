@@ -7,6 +7,8 @@ import pytest
 from outlines_vllm.bench import report
 from outlines_vllm.bench.load import Measured, arrivals
 from outlines_vllm.bench.paths import Record, package_tokens
+from outlines_vllm.bench.runner import _plan
+from outlines_vllm.bench.scenario import Scenario
 from outlines_vllm.bench.stats import comparisons, percentiles, summarise
 from outlines_vllm.bench.validate import judge
 from outlines_vllm.bench.workloads import ARITHMETIC_REGEX, PERSON_SCHEMA, Request, Workload, build
@@ -197,3 +199,24 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     assert "Overhead of this package vs the raw path, online" in text and "| online | raw |" in text
     for name in report.PLOTS:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_plan_has_main_runs_a_sweep_and_a_poisson_run():
+    scenario = Scenario.load("default")
+    offline, online = _plan(scenario, "offline"), _plan(scenario, "online")
+    assert len(offline) == len(scenario.workloads) * 2 and all(r["main"] for r in offline)
+    main = [r for r in online if r["main"]]
+    assert len(main) == len(offline) and {r["concurrency"] for r in main} == {scenario.concurrency}
+    assert {r["concurrency"] for r in online if not r["main"] and not r["rate"]} == {1, 16}
+    assert [r["path"] for r in online if r["rate"]] == ["raw", "package"]
+
+
+def test_scenario_files_load_and_unknown_fields_are_refused(tmp_path):
+    for name in ("default", "full", "tiny"):
+        assert Scenario.load(name).name == name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("requestz: 3\n")
+    with pytest.raises(ValueError, match="requestz"):
+        Scenario.load(bad)
+    with pytest.raises(ValueError, match="unknown workloads"):
+        Scenario(workloads=["json_fixed", "nope"])
