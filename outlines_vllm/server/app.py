@@ -73,6 +73,8 @@ def engine_options(model: ModelConfig, config: AppConfig) -> dict[str, Any]:
             "initial_replicas": max(model.min_replicas, 1),
             "max_replicas": model.max_replicas,
             "target_ongoing_requests": model.target_ongoing_requests,
+            "upscale_delay_s": model.upscale_delay_s,
+            "downscale_delay_s": model.downscale_delay_s,
         }
     return options
 

@@ -25,6 +25,8 @@ class ModelConfig(BaseModel):
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(8, gt=0, description="autoscaling target per replica")
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica takes at once")
+    upscale_delay_s: float = Field(30, ge=0, description="load must last this long before adding a replica")
+    downscale_delay_s: float = Field(600, ge=0, description="idle time before removing a replica")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (one node)")
     replica_cpus: float = Field(1, ge=0, description="CPUs Ray reserves per replica")
     gpus_per_replica: float | None = Field(
