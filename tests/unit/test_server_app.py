@@ -163,10 +163,9 @@ def test_serve_config_file_is_a_valid_app_config() -> None:
     parsed = AppConfig.model_validate(app["args"])
     assert parsed.models[0].served_name == "smollm2"
     options = engine_options(parsed.models[0], parsed)
-    assert (
-        options["autoscaling_config"]["min_replicas"] == 1
-        and options["autoscaling_config"]["max_replicas"] == 2
-    )
+    scaling = options["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (1, 2, 8)
+    assert (scaling["upscale_delay_s"], scaling["downscale_delay_s"]) == (30, 600)
     assert options["graceful_shutdown_timeout_s"] == 30 and options["ray_actor_options"]["num_gpus"] in (0, 1)
 
 
