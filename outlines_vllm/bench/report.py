@@ -84,27 +84,29 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def summary(results: dict[str, Any]) -> str:
-    """The short table: one row per mode and workload at the main load, raw / package side by side."""
-    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    """The short table: one row per mode, backend and workload at the main load, raw / package
+    side by side."""
+    rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for run in results["runs"]:
         if run.get("main") and "skipped" not in run:
-            rows.setdefault((run["mode"], run["workload"]), {})[run["path"]] = run
+            rows.setdefault((run["mode"], run["backend"], run["workload"]), {})[run["path"]] = run
     cells = {
         "valid obj/s": lambda r: _num(r["valid_objects_per_s"]),
         "req/s": lambda r: _num(r["requests_per_s"]),
         "valid": lambda r: f"{r['valid']}/{r['sent']}",
+        "err": lambda r: str(r["failed"]),
     }
-    head = "| mode | workload | " + " | ".join(f"{name} raw / package" for name in cells)
-    lines = [head + " | tok/obj (raw) | TTFT p50 ms (raw) |", "|---" * (len(cells) + 4) + "|"]
-    for (mode, workload), by_path in rows.items():
+    head = "| mode | backend | workload | " + " | ".join(f"{name} raw / package" for name in cells)
+    lines = [head + " | tok/obj (raw) | TTFT p50 ms (raw) |", "|---" * (len(cells) + 5) + "|"]
+    for (mode, backend, workload), by_path in rows.items():
         values = [
             " / ".join(cell(by_path[p]) if p in by_path else "-" for p in ("raw", "package"))
             for cell in cells.values()
         ]
         first = by_path.get("raw") or next(iter(by_path.values()))
         lines.append(
-            f"| {mode} | {workload} | {' | '.join(values)} | {_num(first['output_tokens']['mean'], 1)} "
-            f"| {_ms(first['ttft_s'], 'p50')} |"
+            f"| {mode} | {backend} | {workload} | {' | '.join(values)} "
+            f"| {_num(first['output_tokens']['mean'], 1)} | {_ms(first['ttft_s'], 'p50')} |"
         )
     return "\n".join(lines) + "\n"
 
