@@ -35,11 +35,16 @@ def _plan(scenario: Scenario, mode: str) -> list[dict[str, Any]]:
     """The runs of one mode, in the order they run: every workload at the main load (``main``:
     the runs the comparisons use), then, online, the concurrency sweep and the Poisson run."""
 
+    order = 0
+
     def runs(workload: str, concurrency: int | None, rate: float | None = None) -> list[dict[str, Any]]:
+        # Raw and package take turns at going first, so neither always meets the warmer engine.
+        nonlocal order
+        order += 1
         main = concurrency == (scenario.concurrency if mode == "online" else None) and rate is None
         return [
             {"workload": workload, "path": path, "concurrency": concurrency, "rate": rate, "main": main}
-            for path in scenario.paths
+            for path in (scenario.paths if order % 2 else scenario.paths[::-1])
         ]
 
     if mode == "offline":
