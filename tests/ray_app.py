@@ -18,15 +18,13 @@ import urllib.request
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from outlines_vllm.launch import free_port, group_alive
 from outlines_vllm.server.reaper import OWNER_ENV, kill_marked, marked_processes
+from tests.conftest import SERVED_NAME
+from tests.prometheus import Samples, scrape
 
 API_KEY = "test-key"
-SERVED_NAME = "smollm2"
 
 
 class RayApp:
@@ -78,15 +76,9 @@ class RayApp:
             return 0
         return int(json.loads(body).get("replicas", {}).get(SERVED_NAME, 0))
 
-    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+    def metrics(self) -> Samples:
         """``{sample name: [(labels, value), ...]}`` from the ingress's /metrics."""
-        status, body = self.get("/metrics")
-        assert status == 200, f"/metrics answered {status}"
-        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-        return samples
+        return scrape(self.base_url)
 
     def engine_pids(self) -> dict[str, list[int]]:
         """``{replica id: [pids of its vLLM processes]}``."""
@@ -148,7 +140,3 @@ class RayApp:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def metric_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **match: Any) -> float:
-    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == w for k, w in match.items()))

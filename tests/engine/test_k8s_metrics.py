@@ -10,21 +10,16 @@ label) and evaluates every dashboard query: each must return series, so label na
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from outlines_vllm import k8s
-from outlines_vllm.launch import free_port
 from tests.conftest import SERVED_NAME
+from tests.prometheus import Prometheus, metric_sum, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parents[2] / "k8s"
 NAMESPACE = "outlines-vllm"
@@ -50,85 +45,46 @@ def used(built: dict[str, list[dict[str, Any]]]) -> set[str]:
     return names
 
 
-def samples(base_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """``{sample name: [(labels, value), ...]}`` of a server's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(httpx.get(base_url + "/metrics", timeout=10).text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
 def test_vllm_metrics_of_alerts_and_dashboard_are_exported_by_the_vllm_server(
     plain_traffic: Any, used: set[str]
 ) -> None:
     wanted = {n for n in used if n.startswith("vllm:")}
-    assert wanted - set(samples(plain_traffic.base_url)) == set()
+    assert wanted - set(scrape(plain_traffic.base_url)) == set()
 
 
 def test_every_metric_of_alerts_and_dashboard_is_exported_by_the_ingress(
     ray_traffic: Any, used: set[str]
 ) -> None:
     """The Ray layout scrapes only the ingress: it must show our metrics and the engines' vllm: ones."""
-    names = set(samples(ray_traffic.base_url))
+    names = set(scrape(ray_traffic.base_url))
     assert used - names == set()
 
 
 @pytest.fixture(scope="module")
-def prometheus(vllm_server: Any, ray_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def prometheus(
+    vllm_server: Any, ray_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
     """Debian's Prometheus scraping both servers as the monitors in k8s/ would label them."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("Debian's prometheus is not installed: run scripts/system-deps.sh (make setup does)")
-    folder = tmp_path_factory.mktemp("k8s-prometheus")
     targets = [server.base_url.removeprefix("http://") for server in (vllm_server, ray_server)]
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {
-                "job_name": "outlines-vllm",
-                "static_configs": [{"targets": targets, "labels": {"namespace": NAMESPACE}}],
-            }
-        ],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{free_port()}"
-    process = subprocess.Popen(
-        [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address={url.removeprefix('http://')}"],
-        stdout=(folder / "prometheus.log").open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while len(query(url, 'up{job="outlines-vllm"} == 1', check=False)) < 2:
-            assert time.monotonic() < deadline, "Prometheus never scraped both servers"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with Prometheus(tmp_path_factory.mktemp("k8s-prometheus")) as prometheus:
+        prometheus.start(targets, labels={"namespace": NAMESPACE}).wait_until_up(2)
+        yield prometheus
 
 
-def scraped(url: str, server: Any, name: str) -> None:
+def scraped(prometheus: Prometheus, server: Any, name: str) -> None:
     """Wait until Prometheus holds the server's current total of counter ``name`` (all series)."""
-    expected = sum(value for labels, value in samples(server.base_url).get(name, []))
-    deadline = time.monotonic() + 60
-    while True:
-        result = query(url, f'sum({name}{{instance="{server.base_url.removeprefix("http://")}"}})')
-        if result and float(result[0]["value"][1]) == expected:
-            return
-        assert time.monotonic() < deadline, f"Prometheus never caught up with {name} = {expected}"
-        time.sleep(0.5)
+    expected = metric_sum(scrape(server.base_url), name)
+    promql = f'sum({name}{{instance="{server.base_url.removeprefix("http://")}"}})'
+
+    def caught_up() -> bool:
+        result = prometheus.query(promql)
+        return bool(result) and float(result[0]["value"][1]) == expected
+
+    assert wait_for(caught_up, 60), f"Prometheus never caught up with {name} = {expected}"
 
 
 @pytest.fixture(scope="module")
-def plain_traffic(vllm_server: Any, openai_client: Any, prometheus: str) -> Any:
+def plain_traffic(vllm_server: Any, openai_client: Any, prometheus: Prometheus) -> Any:
     """Finished requests (two rounds, scraped between), so histograms and rates have samples."""
     for _ in range(2):
         reply = openai_client.chat.completions.create(
@@ -140,7 +96,7 @@ def plain_traffic(vllm_server: Any, openai_client: Any, prometheus: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def ray_traffic(ray_server: Any, prometheus: str) -> Any:
+def ray_traffic(ray_server: Any, prometheus: Prometheus) -> Any:
     """Through the ingress, twice (scraped between): a valid and truncated (max_tokens) JSON
     outputs, invalid choices (cut by stop strings), a streamed one (the ingress's time to first
     token) and a request vLLM refuses (an error status)."""
@@ -169,20 +125,8 @@ def ray_traffic(ray_server: Any, prometheus: str) -> Any:
     return ray_server
 
 
-def query(url: str, promql: str, check: bool = True) -> list[dict[str, Any]]:
-    try:
-        response = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
-    except (httpx.HTTPError, ValueError):
-        if check:
-            raise
-        return []
-    if check:
-        assert response["status"] == "success", f"{promql}: {response}"
-    return response.get("data", {}).get("result", [])
-
-
 def test_every_dashboard_query_returns_series(
-    built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: str
+    built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: Prometheus
 ) -> None:
     (dashboard,) = k8s.dashboards(built["plain"])
     values = {"$namespace": NAMESPACE, "$model": SERVED_NAME, "$__rate_interval": "1m"}
@@ -192,20 +136,20 @@ def test_every_dashboard_query_returns_series(
             expr = target["expr"]
             for name, value in values.items():
                 expr = expr.replace(name, value)
-            if not query(prometheus, expr):
+            if not prometheus.query(expr):
                 empty.append(f"{panel['title']}: {expr}")
     assert empty == []
 
 
 def test_alert_queries_evaluate_on_real_series(
-    built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: str
+    built: dict, plain_traffic: Any, ray_traffic: Any, prometheus: Prometheus
 ) -> None:
     """The structured-output alerts' conditions hold on the deliberately bad traffic (most JSON
     outputs truncated, every choice invalid); the availability alerts' conditions do not."""
     rules = {
         rule["alert"]: rule["expr"] for group in k8s.rule_groups(built["plain"]) for rule in group["rules"]
     }
-    holding = {alert for alert, expr in rules.items() if query(prometheus, expr)}
+    holding = {alert for alert, expr in rules.items() if prometheus.query(expr)}
     assert {
         "OutlinesVLLMStructuredOutputInvalidRising",
         "OutlinesVLLMStructuredOutputTruncatedRising",
@@ -214,7 +158,7 @@ def test_alert_queries_evaluate_on_real_series(
         {"OutlinesVLLMTargetDown", "OutlinesVLLMNoHealthyTarget", "OutlinesVLLMEngineReplicaDown"}
     )
     for name in k8s.metric_names(rules.values()):  # every selector inside them matches real series
-        assert query(prometheus, f'{name}{{namespace="{NAMESPACE}"}}'), name
+        assert prometheus.query(f'{name}{{namespace="{NAMESPACE}"}}'), name
 
 
 def test_server_probes_are_answered_on_the_container_port(built: dict, vllm_server: Any) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ray_app import SERVED_NAME, metric_sum
+from tests.prometheus import metric_sum
+from tests.ray_app import SERVED_NAME
 
 MSG = [{"role": "user", "content": "Say hi."}]
 CHAT = "/v1/chat/completions"

@@ -14,7 +14,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.ray_app import SERVED_NAME, metric_sum
+from tests.prometheus import metric_sum
+from tests.ray_app import SERVED_NAME
 
 PERSON = {
     "type": "object",
