@@ -67,11 +67,6 @@ def table(runs: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run in runs:
-        if "skipped" in run:
-            lines.append(
-                f"| {run['mode']} | {run['path']} | {run['backend']} | {run['workload']} | skipped: {run['skipped']} |"
-            )
-            continue
         lines.append(
             f"| {run['mode']} | {run['path']} | {run['backend']} | {run['workload']} | {_label(run)} "
             f"| {_num(run['requests_per_s'])} | {_num(run['output_tokens_per_s'], 1)} "
@@ -88,7 +83,7 @@ def summary(results: dict[str, Any]) -> str:
     side by side."""
     rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
     for run in results["runs"]:
-        if run.get("main") and "skipped" not in run:
+        if run.get("main"):
             rows.setdefault((run["mode"], run["backend"], run["workload"]), {})[run["path"]] = run
     cells = {
         "valid obj/s": lambda r: _num(r["valid_objects_per_s"]),
@@ -191,7 +186,7 @@ def plots(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results["runs"] if "skipped" not in r]
+    runs = results["runs"]
     files = {}
     for name, draw in zip(PLOTS, (_throughput, _latency, _validity), strict=True):
         fig = draw(plt, runs)

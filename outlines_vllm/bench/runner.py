@@ -79,13 +79,6 @@ def _sampling(scenario: Scenario) -> Sampling:
     return Sampling(scenario.max_tokens, scenario.temperature, scenario.seed)
 
 
-def _package_missing(name: str) -> str | None:
-    """Why the package path cannot run (its model is missing from this build), or None."""
-    import outlines_vllm
-
-    return None if hasattr(outlines_vllm, name) else f"outlines_vllm.{name} is not available in this build"
-
-
 # --- online --------------------------------------------------------------------------------------
 
 
@@ -115,7 +108,7 @@ async def _online(
     senders: dict[str, load.SendOne] = {
         "raw": lambda request, seed: paths.online_raw(client, model, request, sampling, seed)
     }
-    if "package" in scenario.paths and not (missing := _package_missing("from_vllm")):
+    if "package" in scenario.paths:
         from outlines_vllm import from_vllm
 
         package = from_vllm(client, model)
@@ -124,9 +117,6 @@ async def _online(
     plan = _plan(scenario, "online")
     for run, workload in tqdm(list(_workloads(scenario, plan, "online")), desc="online runs", unit="run"):
         labels = {"mode": "online", "backend": backend, **run}
-        if run["path"] not in senders:
-            summaries.append({**labels, "skipped": missing})
-            continue
         measured = await load.run_online(
             senders[run["path"]],
             workload,
@@ -172,7 +162,7 @@ def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[
         return len(tokenizer.encode(text, add_special_tokens=False))
 
     senders: dict[str, load.SendBatch] = {"raw": lambda requests: paths.offline_raw(llm, requests, sampling)}
-    if "package" in scenario.paths and not (missing := _package_missing("from_vllm_offline")):
+    if "package" in scenario.paths:
         from outlines_vllm import from_vllm_offline
 
         package = from_vllm_offline(llm)
@@ -181,9 +171,6 @@ def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[
     plan = _plan(scenario, "offline")
     for run, workload in tqdm(list(_workloads(scenario, plan, "offline")), desc="offline runs", unit="run"):
         labels = {"mode": "offline", "backend": backend, **run}
-        if run["path"] not in senders:
-            summaries.append({**labels, "skipped": missing})
-            continue
         llm.reset_prefix_cache()  # a shared engine may cache prompts; each run starts cold
         summaries.append(summarise(workload, load.run_offline(senders[run["path"]], workload), labels))
     return summaries
@@ -244,5 +231,5 @@ def results(
         "environment": environment(model=model, base_url=base_url, backends=scenario.backends),
         "scenario": scenario.as_dict(),
         "runs": summaries,
-        "comparisons": comparisons([s for s in summaries if "skipped" not in s]),
+        "comparisons": comparisons(summaries),
     }
