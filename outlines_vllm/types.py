@@ -21,7 +21,7 @@ Supported output types:
 
 Compact JSON (the default) removes the whitespace the model may otherwise pad JSON with: on
 the default model it cut tokens per object from 92 to 33 and truncations from 3/32 to 0
-(DESIGN.md; re-measured in docs/compact-json.md). vLLM ignores ``disable_any_whitespace`` and
+(measured in docs/compact-json.md). vLLM ignores ``disable_any_whitespace`` and
 ``whitespace_pattern`` per request, so compact JSON (and a ``whitespace_pattern``) is sent as a
 grammar compiled from the schema by xgrammar (which vLLM itself uses); without xgrammar
 installed the schema is sent as ``json`` and whitespace stays free. The constraint kind stays

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 SERVED_NAME = "smollm2"
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ENGINE_FIXTURES = {"llm", "async_llm", "model_path", "vllm_server", "openai_client", "async_openai_client"}
 
 
@@ -100,13 +99,6 @@ def async_openai_client(vllm_server: object) -> object:
     import openai
 
     return openai.AsyncOpenAI(base_url=vllm_server.base_url + "/v1", api_key="none", max_retries=0)
-
-
-@pytest.fixture(scope="session")
-def schemas_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.skip(f"shared data folder {DATA} is not present")
-    return DATA / "jsonschemabench"
 
 
 ENGINE_FIXTURES.add("ray_server")

@@ -1,7 +1,8 @@
 """A benchmark scenario: what to send, how hard, and which comparisons to make.
 
-Scenarios are YAML or JSON files in ``benchmarks/`` (``default.yaml``, ``full.yaml``,
-``tiny.yaml``); any field left out takes the default below.
+Scenarios are YAML or JSON files; the named ones (``default``, ``full``, ``tiny``) ship in the
+package (``outlines_vllm/bench/scenarios/``), so they load from an installed wheel in any
+folder. Any field left out takes the default below.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 from .workloads import WORKLOADS
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+NAMED = sorted(path.stem for path in SCENARIO_DIR.glob("*.yaml"))
 
 
 @dataclass
@@ -60,12 +62,14 @@ class Scenario:
 
     @classmethod
     def load(cls, source: str | Path | None = None, **overrides: Any) -> Scenario:
-        """A scenario from a file (a path, or a name in ``benchmarks/``), then ``overrides``."""
+        """A scenario from a file (a path, or a shipped name such as ``default``), then ``overrides``."""
         data: dict[str, Any] = {}
         if source is not None:
             path = Path(source)
             if not path.exists() and (SCENARIO_DIR / f"{source}.yaml").exists():
                 path = SCENARIO_DIR / f"{source}.yaml"
+            if not path.exists():
+                raise ValueError(f"no scenario file {source!r}: give a path or one of {NAMED}")
             text = path.read_text()
             if path.suffix == ".json":
                 data = json.loads(text)

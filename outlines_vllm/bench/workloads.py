@@ -15,18 +15,15 @@ request so each one compiles (cold cache).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..datasets import jsonschemabench
 from ..errors import InvalidSchemaError
 from ..types import CFG, Choice, OutputSpec, Regex, output_spec
-
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "jsonschemabench"
 
 PERSON_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -147,7 +144,7 @@ def _grammar(n: int, rng: random.Random, salt: str) -> list[Request]:
 
 
 def load_jsonschemabench(
-    sets: list[str], n: int, rng: random.Random, *, max_chars: int = 1200, data_dir: Path = DATA_DIR
+    sets: list[str], n: int, rng: random.Random, *, max_chars: int = 1200
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """``n`` real schemas sampled from JSONSchemaBench ``sets``, and counts of those skipped.
 
@@ -155,17 +152,14 @@ def load_jsonschemabench(
     grammar, a validator that cannot run) or when its text is longer than ``max_chars`` (it
     would crowd the prompt of a small model).
     """
-    rows = []
-    for name in sets:
-        with gzip.open(data_dir / f"{name}.jsonl.gz", "rt") as handle:
-            rows += [json.loads(line) for line in handle]
+    rows = [row for name in sets for row in jsonschemabench(name)]
     rng.shuffle(rows)
     chosen: list[dict[str, Any]] = []
     skipped = {"rejected": 0, "too_long": 0}
     for row in rows:
         if len(chosen) == n:
             break
-        schema = json.loads(row["schema"]) if isinstance(row["schema"], str) else row["schema"]
+        schema = row["schema"]
         if len(json.dumps(schema)) > max_chars:
             skipped["too_long"] += 1
             continue

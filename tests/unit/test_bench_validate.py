@@ -155,7 +155,7 @@ def test_workloads_are_seeded_and_unique_schemas_are_unique():
     assert none.measured[0].spec.constraint is None and none.measured[0].check.json_schema == PERSON_SCHEMA
 
 
-def test_jsonschemabench_workload_counts_skipped_schemas(schemas_dir):
+def test_jsonschemabench_workload_counts_skipped_schemas():
     options = {"sets": ["Github_easy"], "schemas": 100}
     workload = build("jsonschemabench", requests=4, warmup=0, seed=0, salt="s", jsonschemabench=options)
     assert workload.notes["schemas_used"] == 100
