@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidPromptError, InvalidRequestError, UnsupportedModelError
 from ..types import OutputSpec, output_spec
-from .base import finish
+from .base import engine_errors, finish
 from .prompts import to_messages, to_text
 from .request import Endpoint, Generation, PartialObjects, _merge_constraint, spec_for_partials
 
@@ -51,6 +51,10 @@ class _Request:
     spec: OutputSpec
     lora_request: Any = None
     priority: int = 0
+
+    @property
+    def constrained(self) -> bool:
+        return self.spec.constraint is not None
 
     def generations(self, output: RequestOutput) -> list[Generation]:
         """Every sequence of a finished request, checked: truncated or invalid output raises."""
@@ -89,6 +93,18 @@ class _Offline:
         kwargs: dict[str, Any],
         *,
         stream: bool = False,
+    ) -> _Request:
+        """The engine request for one call; vLLM's own checks of it fail as named errors."""
+        with engine_errors(constrained=output_type is not None):
+            return self._build(prompt, output_type, sampling_params, kwargs, stream)
+
+    def _build(
+        self,
+        prompt: Any,
+        output_type: Any,
+        sampling_params: SamplingParams | None,
+        kwargs: dict[str, Any],
+        stream: bool,
     ) -> _Request:
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -297,17 +313,20 @@ class VLLMOffline(_Offline):
         request = self._request(prompt, output_type, sampling_params, kwargs, stream=True)
         engine = self.engine.llm_engine
         request_id = f"outlines-vllm-{uuid.uuid4().hex}"
-        internal_id = engine.add_request(
-            request_id,
-            request.prompt,
-            request.params,
-            lora_request=request.lora_request,
-            priority=request.priority,
-        )
+        with engine_errors(request.constrained):
+            internal_id = engine.add_request(
+                request_id,
+                request.prompt,
+                request.params,
+                lora_request=request.lora_request,
+                priority=request.priority,
+            )
         text, finish_reason, finished = "", None, False
         try:
             while not finished and engine.has_unfinished_requests():
-                for output in engine.step():
+                with engine_errors(request.constrained):
+                    outputs = engine.step()
+                for output in outputs:
                     if output.request_id not in (request_id, internal_id):
                         continue
                     completion = output.outputs[0]
@@ -335,13 +354,14 @@ class VLLMOffline(_Offline):
         if not requests:
             return []
         try:
-            return self.engine.generate(
-                [r.prompt for r in requests],
-                [r.params for r in requests],
-                use_tqdm=progress,
-                lora_request=[r.lora_request for r in requests],
-                priority=[r.priority for r in requests],
-            )
+            with engine_errors(any(r.constrained for r in requests)):
+                return self.engine.generate(
+                    [r.prompt for r in requests],
+                    [r.params for r in requests],
+                    use_tqdm=progress,
+                    lora_request=[r.lora_request for r in requests],
+                    priority=[r.priority for r in requests],
+                )
         except Exception as exc:
             if not isolate:
                 raise
@@ -462,14 +482,16 @@ class AsyncVLLMOffline(_Offline):
             final = output
         return final
 
-    def _outputs(self, request: _Request) -> AsyncIterator[RequestOutput]:
-        return self.engine.generate(
-            request.prompt,
-            request.params,
-            f"outlines-vllm-{uuid.uuid4().hex}",
-            lora_request=request.lora_request,
-            priority=request.priority,
-        )
+    async def _outputs(self, request: _Request) -> AsyncIterator[RequestOutput]:
+        with engine_errors(request.constrained):
+            async for output in self.engine.generate(
+                request.prompt,
+                request.params,
+                f"outlines-vllm-{uuid.uuid4().hex}",
+                lora_request=request.lora_request,
+                priority=request.priority,
+            ):
+                yield output
 
 
 def from_vllm_offline(engine: Any, *, endpoint: Endpoint | None = None) -> VLLMOffline | AsyncVLLMOffline:

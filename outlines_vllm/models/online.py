@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, RequestFailedError
 from .request import (
     Endpoint,
     Generation,
     PartialObjects,
     Request,
+    Retries,
     build_request,
     mapped_errors,
     server_root,
     spec_for_partials,
+    without_retries,
 )
 
 
@@ -36,6 +39,8 @@ class _Online:
 
     def __init__(self, client: Any, model_name: str | None = None, *, endpoint: Endpoint = "chat") -> None:
         self.client = client
+        # Generation requests go through a copy that does not retry by itself: Retries decides.
+        self._sender = without_retries(client)
         self.model_name = model_name
         self.endpoint = endpoint
         self.server_version: str | None = None
@@ -115,9 +120,17 @@ class VLLM(_Online):
         """Every generation (``n`` of them) with text, value, finish reason and reasoning."""
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs)
-        with mapped_errors(self.client):
-            response = request.create(self.client)
-        return request.generations(response)
+        return request.generations(self._send(request))
+
+    def _send(self, request: Request) -> Any:
+        """The response (or, streaming, the open stream), retried only when a retry can help."""
+        retries = Retries.of(self.client)
+        while True:
+            try:
+                with mapped_errors(self.client, request):
+                    return request.create(self._sender)
+            except RequestFailedError as error:
+                time.sleep(retries.pause(error))
 
     def __call__(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Any:
         """The generated text (a list of texts when ``n > 1``), checked against ``output_type``."""
@@ -132,7 +145,7 @@ class VLLM(_Online):
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
-        with mapped_errors(self.client), request.create(self.client) as chunks:
+        with self._send(request) as chunks, mapped_errors(self.client, request):
             for chunk in chunks:
                 if delta := reader.feed(chunk):
                     yield delta
@@ -200,9 +213,17 @@ class AsyncVLLM(_Online):
         """Every generation (``n`` of them) with text, value, finish reason and reasoning."""
         await self._ensure_ready()
         request = self._request(prompt, output_type, kwargs)
-        with mapped_errors(self.client):
-            response = await request.create(self.client)
-        return request.generations(response)
+        return request.generations(await self._send(request))
+
+    async def _send(self, request: Request) -> Any:
+        """The response (or, streaming, the open stream), retried only when a retry can help."""
+        retries = Retries.of(self.client)
+        while True:
+            try:
+                with mapped_errors(self.client, request):
+                    return await request.create(self._sender)
+            except RequestFailedError as error:
+                await asyncio.sleep(retries.pause(error))
 
     async def __call__(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Any:
         """The generated text (a list of texts when ``n > 1``), checked against ``output_type``."""
@@ -217,8 +238,8 @@ class AsyncVLLM(_Online):
         await self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
-        with mapped_errors(self.client):
-            async with await request.create(self.client) as chunks:
+        async with await self._send(request) as chunks:
+            with mapped_errors(self.client, request):
                 async for chunk in chunks:
                     if delta := reader.feed(chunk):
                         yield delta

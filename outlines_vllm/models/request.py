@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import (
-    ConstraintRejectedError,
     InvalidRequestError,
     RefusalError,
+    RequestFailedError,
     ServerUnavailableError,
     UnsupportedOutputTypeError,
     UnsupportedServerError,
+    request_error,
 )
 from ..types import OutputSpec, output_spec
 from .base import finish, partial_json
@@ -214,32 +216,65 @@ def server_root(client: Any) -> str:
 
 
 @contextlib.contextmanager
-def mapped_errors(client: Any) -> Iterator[None]:
-    """openai SDK errors as ours: a rejected request carries the server's message, an unreachable
-    server says where we looked."""
+def mapped_errors(client: Any, request: Request | None = None) -> Iterator[None]:
+    """openai SDK errors as ours (see :func:`~outlines_vllm.errors.request_error`): each failure
+    named by its HTTP status and vLLM's message; an unreachable server says where we looked."""
     import openai
 
+    constrained = request is not None and request.spec.constraint is not None
     try:
         yield
-    except openai.APIConnectionError as exc:
-        raise ServerUnavailableError(
-            f"cannot reach the vLLM server at {server_root(client)} ({exc}); start it or fix base_url"
-        ) from exc
+    except openai.APIConnectionError as exc:  # APITimeoutError included
+        where = f"the vLLM server at {server_root(client)}"
+        raise ServerUnavailableError(None, f"cannot reach it ({exc})", source=where) from exc
     except openai.APIStatusError as exc:
-        if exc.status_code in (400, 422):
-            raise ConstraintRejectedError(exc.status_code, _server_message(exc)) from exc
-        if exc.status_code in (502, 503, 504):
-            raise ServerUnavailableError(
-                f"the vLLM server at {server_root(client)} is unavailable (HTTP {exc.status_code}): "
-                f"{_server_message(exc)}; retry when it is up"
-            ) from exc
-        raise
+        raise request_error(exc.status_code, _server_message(exc), constrained=constrained) from exc
     except openai.APIError as exc:
-        # A streamed request is answered 200 first; the server reports a rejected constraint
-        # as an error event inside the stream, with the HTTP status as its code.
-        if exc.code in ("400", "422"):
-            raise ConstraintRejectedError(int(exc.code), _server_message(exc)) from exc
-        raise
+        # A streamed request is answered 200 first; the server reports a failure as an error
+        # event inside the stream, with the HTTP status as its code.
+        status = _status_of(exc)
+        if status is None:
+            raise
+        raise request_error(status, _server_message(exc), constrained=constrained) from exc
+
+
+@dataclass
+class Retries:
+    """When to send a failed request again: only errors that say a retry can help
+    (``retryable``), at most the client's ``max_retries`` times, with the openai SDK's own
+    backoff (0.5 s doubling to 8 s, with jitter).
+
+    The models send through a copy of the client whose own retries are off (the SDK retries
+    every 5xx, and vLLM answers a grammar it cannot compile with a deterministic 500), so
+    this is the one place that decides.
+    """
+
+    limit: int
+    done: int = 0
+
+    @classmethod
+    def of(cls, client: Any) -> Retries:
+        return cls(int(getattr(client, "max_retries", 0) or 0))
+
+    def pause(self, error: RequestFailedError) -> float:
+        """Seconds to wait before the next attempt; raises ``error`` when none should follow."""
+        if not error.retryable or self.done >= self.limit:
+            raise error
+        self.done += 1
+        return min(0.5 * 2 ** (self.done - 1), 8.0) * (1 - 0.25 * random.random())
+
+
+def without_retries(client: Any) -> Any:
+    """A copy of ``client`` (same connection pool) that never retries by itself."""
+    with_options = getattr(client, "with_options", None)
+    return with_options(max_retries=0) if with_options else client
+
+
+def _status_of(exc: Any) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+        return int(code)
+    return None
 
 
 def _server_message(exc: Any) -> str:
