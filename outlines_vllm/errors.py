@@ -22,7 +22,10 @@ class InvalidSchemaError(OutlinesVLLMError, ValueError):
 
 
 class TruncatedOutputError(OutlinesVLLMError):
-    """Generation stopped at the token limit, so the constrained output is incomplete."""
+    """Generation stopped at the token limit, so the constrained output is incomplete.
+    ``usage`` (token counts) is set when the model knows it."""
+
+    usage: Any = None
 
     def __init__(self, text: str, max_tokens: int | None = None) -> None:
         self.text = text
@@ -35,7 +38,11 @@ class TruncatedOutputError(OutlinesVLLMError):
 
 
 class OutputValidationError(OutlinesVLLMError, ValueError):
-    """The generated text does not parse or validate as the requested type."""
+    """The generated text does not parse or validate as the requested type. ``usage`` (token
+    counts) and ``finish_reason`` are set when the model knows them."""
+
+    usage: Any = None
+    finish_reason: str | None = None
 
     def __init__(self, text: str, reason: str) -> None:
         self.text = text

@@ -19,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import InvalidRequestError, RequestFailedError
+from .base import TextStream
 from .request import (
     Endpoint,
     Generation,
@@ -140,8 +141,14 @@ class VLLM(_Online):
         """The validated Python value (a list of values when ``n > 1``)."""
         return _values(self.generate(prompt, output_type, **kwargs), kwargs.get("n"))
 
-    def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Iterator[str]:
-        """Text chunks as they arrive; the whole text is checked when the stream ends."""
+    def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> TextStream:
+        """Text chunks as they arrive; the whole text is checked when the stream ends, and the
+        stream's ``finish_reason`` and ``usage`` are set then."""
+        return TextStream(lambda sink: self._stream(sink, prompt, output_type, kwargs))
+
+    def _stream(
+        self, sink: TextStream, prompt: Any, output_type: Any, kwargs: dict[str, Any]
+    ) -> Iterator[str]:
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
@@ -149,13 +156,16 @@ class VLLM(_Online):
             for chunk in chunks:
                 if delta := reader.feed(chunk):
                     yield delta
-        reader.finish()
+        reader.finish(sink)
 
     def stream_partial(self, prompt: Any, output_type: Any, **kwargs: Any) -> Iterator[Any]:
-        """Partial JSON values as the object grows; the last is complete and checked."""
-        spec, partials = spec_for_partials(output_type), PartialObjects()
+        """Partial values as the object grows (partial Pydantic objects for a model type, dicts
+        for a schema); the last is the complete, checked value."""
+        spec = spec_for_partials(output_type)
+        partials = PartialObjects(spec)
         for delta in self.stream(prompt, spec, **kwargs):
             yield from partials.feed(delta)
+        yield from partials.end()
 
     def batch(
         self,
@@ -164,17 +174,19 @@ class VLLM(_Online):
         *,
         max_concurrency: int = 8,
         parse: bool = False,
+        generations: bool = False,
         return_exceptions: bool = False,
         progress: bool = True,
         **kwargs: Any,
     ) -> list[Any]:
-        """One result per prompt, in order, at most ``max_concurrency`` requests in flight.
+        """One result per prompt, in order, at most ``max_concurrency`` requests in flight: its
+        text, its value (``parse``) or its list of :class:`Generation` (``generations``).
 
         The first error cancels what has not started and is raised, unless
         ``return_exceptions`` puts each error in its prompt's place.
         """
         self._ensure_ready()
-        call = self.parse if parse else self
+        call = self.generate if generations else self.parse if parse else self
         with ThreadPoolExecutor(max_concurrency) as pool, _progress(len(prompts), progress) as bar:
             futures = [pool.submit(call, prompt, output_type, **kwargs) for prompt in prompts]
             for future in futures:
@@ -233,8 +245,14 @@ class AsyncVLLM(_Online):
         """The validated Python value (a list of values when ``n > 1``)."""
         return _values(await self.generate(prompt, output_type, **kwargs), kwargs.get("n"))
 
-    async def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> AsyncIterator[str]:
-        """Text chunks as they arrive; the whole text is checked when the stream ends."""
+    def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> TextStream:
+        """Text chunks as they arrive (``async for``); the whole text is checked when the stream
+        ends, and the stream's ``finish_reason`` and ``usage`` are set then."""
+        return TextStream(lambda sink: self._stream(sink, prompt, output_type, kwargs))
+
+    async def _stream(
+        self, sink: TextStream, prompt: Any, output_type: Any, kwargs: dict[str, Any]
+    ) -> AsyncIterator[str]:
         await self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
@@ -243,14 +261,18 @@ class AsyncVLLM(_Online):
                 async for chunk in chunks:
                     if delta := reader.feed(chunk):
                         yield delta
-        reader.finish()
+        reader.finish(sink)
 
     async def stream_partial(self, prompt: Any, output_type: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Partial JSON values as the object grows; the last is complete and checked."""
-        spec, partials = spec_for_partials(output_type), PartialObjects()
+        """Partial values as the object grows (partial Pydantic objects for a model type, dicts
+        for a schema); the last is the complete, checked value."""
+        spec = spec_for_partials(output_type)
+        partials = PartialObjects(spec)
         async for delta in self.stream(prompt, spec, **kwargs):
             for value in partials.feed(delta):
                 yield value
+        for value in partials.end():
+            yield value
 
     async def batch(
         self,
@@ -259,17 +281,19 @@ class AsyncVLLM(_Online):
         *,
         max_concurrency: int = 8,
         parse: bool = False,
+        generations: bool = False,
         return_exceptions: bool = False,
         progress: bool = True,
         **kwargs: Any,
     ) -> list[Any]:
-        """One result per prompt, in order, at most ``max_concurrency`` requests in flight.
+        """One result per prompt, in order, at most ``max_concurrency`` requests in flight: its
+        text, its value (``parse``) or its list of :class:`Generation` (``generations``).
 
         The first error cancels the rest and is raised, unless ``return_exceptions`` puts each
         error in its prompt's place.
         """
         await self._ensure_ready()
-        call = self.parse if parse else self
+        call = self.generate if generations else self.parse if parse else self
         slots = asyncio.Semaphore(max_concurrency)
         with _progress(len(prompts), progress) as bar:
 

@@ -13,7 +13,7 @@ import copy
 import random
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import (
@@ -26,7 +26,7 @@ from ..errors import (
     request_error,
 )
 from ..types import OutputSpec, output_spec
-from .base import finish, partial_json
+from .base import Generation, PartialObjects, TextStream, Usage, finish  # noqa: F401 - PartialObjects: re-exported
 from .prompts import to_messages, to_text
 
 Endpoint = Literal["chat", "completions"]
@@ -34,16 +34,6 @@ CONSTRAINT_HEADER = "X-Outlines-Constraint"
 # vLLM 0.12 replaced the ``guided_*`` fields by ``structured_outputs``; older servers ignore it
 # and would return unconstrained text.
 MIN_SERVER_VERSION = (0, 12)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished, checked generation: its text, its value, and what the server said."""
-
-    text: str
-    value: Any
-    finish_reason: str | None
-    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,10 +58,11 @@ class Request:
         """Every choice of a finished response, checked: truncated, refused or invalid output
         raises instead of being returned."""
         out = []
+        usage = Usage.of(getattr(response, "usage", None))
         for choice in sorted(response.choices, key=lambda c: c.index):
             text, reasoning = _content(self.endpoint, choice)
-            value = finish(self.spec, text, choice.finish_reason, self.max_tokens)
-            out.append(Generation(text, value, choice.finish_reason, reasoning))
+            value = finish(self.spec, text, choice.finish_reason, self.max_tokens, usage)
+            out.append(Generation(text, value, choice.finish_reason, reasoning, usage))
         return out
 
     def reader(self) -> StreamReader:
@@ -86,9 +77,11 @@ class StreamReader:
     text: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
+    usage: Usage | None = None
 
     def feed(self, chunk: Any) -> str:
         """The new content text in ``chunk`` ("" when it carries none)."""
+        self.usage = Usage.of(getattr(chunk, "usage", None)) or self.usage
         delta = ""
         for choice in chunk.choices:
             if self.request.endpoint == "chat":
@@ -102,24 +95,12 @@ class StreamReader:
         self.text += delta
         return delta
 
-    def finish(self) -> Any:
-        """The validated value of the complete text; raises like a non-streamed call would."""
-        return finish(self.request.spec, self.text, self.finish_reason, self.request.max_tokens)
-
-
-@dataclass
-class PartialObjects:
-    """Partial JSON values from a growing JSON text, each reported once when it changes."""
-
-    text: str = ""
-    last: Any = field(default=None)
-
-    def feed(self, delta: str) -> Iterator[Any]:
-        self.text += delta
-        value = partial_json(self.text)
-        if value is not None and value != self.last:
-            self.last = value
-            yield value
+    def finish(self, sink: TextStream | None = None) -> Any:
+        """The validated value of the complete text; raises like a non-streamed call would.
+        ``sink`` learns the text, finish reason and usage first."""
+        if sink is not None:
+            sink.ended(self.text, self.finish_reason, self.usage)
+        return finish(self.request.spec, self.text, self.finish_reason, self.request.max_tokens, self.usage)
 
 
 _OURS = {"extra_body", "extra_headers"}
@@ -160,6 +141,8 @@ def build_request(
         body["prompt"] = to_text(prompt)
     if stream:
         body["stream"] = True
+        # The last chunk then carries the token usage (a caller's own stream_options win).
+        body.setdefault("stream_options", {"include_usage": True})
     extra_body = copy.deepcopy(kwargs.get("extra_body") or {})
     if spec.constraint is not None:
         extra_body["structured_outputs"] = _merge_constraint(

@@ -85,6 +85,7 @@ def test_completions_endpoint_sends_the_prompt_text_and_streaming_sets_stream():
         "model": "m",
         "prompt": "Once",
         "stream": True,
+        "stream_options": {"include_usage": True},
         "extra_body": {"structured_outputs": {"regex": "a"}},
         "extra_headers": {CONSTRAINT_HEADER: "regex"},
     }
