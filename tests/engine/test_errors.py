@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from outlines_vllm import (
+    AuthenticationError,
     ConstraintRejectedError,
     ContextLengthError,
     ModelNotFoundError,
@@ -91,3 +92,33 @@ def test_a_regex_the_backend_refuses_is_constraint_rejected_online_and_offline(o
     with pytest.raises(ConstraintRejectedError, match=r"(?i)look-?around") as offline:
         from_vllm_offline(llm)("Hi", Regex("(?=a)a+"), max_tokens=5)
     assert offline.value.status_code is None
+
+
+@pytest.fixture(scope="module")
+def keyed_server(model_path, tmp_path_factory):
+    """A second real vLLM server, started with ``--api-key`` (about 40 s more for this module)."""
+    from outlines_vllm.launch import LocalServer
+
+    log = tmp_path_factory.mktemp("keyed-server") / "server.log"
+    server = LocalServer(
+        model_path,
+        served_model_name="smollm2",
+        extra_args=["--api-key", "right-key"],
+        log_path=log,
+        env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_wrong_api_key_is_an_authentication_error(keyed_server):
+    url = keyed_server.base_url + "/v1"
+    wrong = from_vllm(openai.OpenAI(base_url=url, api_key="wrong-key", max_retries=2), "smollm2")
+    with pytest.raises(AuthenticationError, match="api_key=") as caught:
+        wrong("Hi", max_tokens=3)
+    assert (caught.value.status_code, caught.value.retryable) == (401, False)
+    right = from_vllm(openai.OpenAI(base_url=url, api_key="right-key", max_retries=0), "smollm2")
+    assert isinstance(right("Hi", max_tokens=3), str)
