@@ -96,5 +96,9 @@ class ManifestError(OutlinesVLLMError, ValueError):
     """The Kubernetes manifests in ``k8s/`` do not build or do not validate; the message says which."""
 
 
+class CompactJSONWarning(UserWarning):
+    """The server refused compact JSON, so the plain schema was sent: JSON may carry whitespace."""
+
+
 def _preview(text: str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
