@@ -27,15 +27,14 @@ from outlines_vllm import (
     from_vllm,
     output_spec,
 )
-from outlines_vllm.errors import OutputValidationError
-from outlines_vllm.types import CONSTRAINT_HEADER
+from outlines_vllm.errors import CompactJSONWarning, ConstraintRejectedError, OutputValidationError
 from outlines_vllm.models.online import VLLM, AsyncVLLM
-from outlines_vllm.errors import CompactJSONWarning, ConstraintRejectedError
 from outlines_vllm.models.request import (
     PartialObjects,
     build_request,
     check_server_version,
 )
+from outlines_vllm.types import CONSTRAINT_HEADER
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 USER = [{"role": "user", "content": "hi"}]

@@ -8,7 +8,6 @@ import enum
 import json
 import re
 import sys
-import types
 import uuid
 from typing import Literal
 
@@ -223,9 +222,16 @@ def test_bounded_integers_are_exact_in_the_compact_regex(bounds, inside, outside
     "schema",
     [
         {"type": "object", "properties": {"x": {"type": "number", "minimum": 0}}},  # float bounds
-        {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": {"type": "integer"}},
+        {
+            "type": "object",
+            "properties": {"a": {"type": "string"}},
+            "additionalProperties": {"type": "integer"},
+        },
         {"type": "object"},  # any object: a regex can only cut its depth
-        {"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"},
+        {
+            "$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}},
+            "$ref": "#/$defs/n",
+        },
         {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
     ],
@@ -234,7 +240,11 @@ def test_schemas_a_regex_would_loosen_go_as_hinted_schemas(schema):
     fields = output_spec(schema).constraint.structured_outputs()
     assert json_regex(schema) is None
     assert fields["disable_any_whitespace"] is True
-    assert fields["json"]["x-guidance"] == {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+    assert fields["json"]["x-guidance"] == {
+        "whitespace_flexible": False,
+        "item_separator": ",",
+        "key_separator": ":",
+    }
     assert {k: v for k, v in fields["json"].items() if k != "x-guidance"} == schema
 
 
@@ -246,7 +256,6 @@ def test_compact_json_keeps_the_models_field_order():
 
 def test_the_client_builds_constraints_without_torch_or_xgrammar():
     import subprocess
-    import sys
 
     code = (
         "import sys, outlines_vllm as o\n"
