@@ -60,8 +60,7 @@ class ConstraintRejectedError(OutlinesVLLMError, ValueError):
         self.message = message
         super().__init__(
             f"the vLLM server rejected the request (HTTP {status_code}): {message}. "
-            "Fix the output type or request arguments named in that message. On a server whose "
-            "structured-output backend is guidance or outlines, JSON types need compact=False."
+            "Fix the output type or request arguments named in that message."
         )
 
 
