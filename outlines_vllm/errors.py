@@ -134,8 +134,7 @@ class ConstraintRejectedError(BadRequestError):
     what = "rejected the constraint"
     hint = (
         "Fix the output type (schema, regex or grammar) named in that message; the same constraint "
-        "fails the same way every time. On a server whose structured-output backend is guidance "
-        "or outlines, JSON types need compact=False."
+        "fails the same way every time."
     )
 
 
@@ -271,6 +270,10 @@ def _rebuild(
     cls: type[RequestFailedError], status: int | None, message: str, retryable: bool, source: str
 ) -> RequestFailedError:
     return cls(status, message, retryable=retryable, source=source)
+
+
+class CompactJSONWarning(UserWarning):
+    """The server refused compact JSON, so the plain schema was sent: JSON may carry whitespace."""
 
 
 def _preview(text: str, limit: int = 200) -> str:

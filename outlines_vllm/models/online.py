@@ -16,9 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..errors import InvalidRequestError, RequestFailedError
+from ..errors import ConstraintRejectedError, InvalidRequestError, RequestFailedError
 from .base import TextStream
 from .request import (
     Endpoint,
@@ -45,6 +43,7 @@ class _Online:
         self.model_name = model_name
         self.endpoint = endpoint
         self.server_version: str | None = None
+        self.plain_json = False  # the server refused compact JSON once: send plain schemas
         self._ready = False
 
     def _request(
@@ -60,7 +59,14 @@ class _Online:
             endpoint=endpoint,
             stream=stream,
             server_version=self.server_version,
+            plain=self.plain_json,
         )
+
+    def _after_refusal(self, request: Request, error: ConstraintRejectedError) -> Request:
+        """What to send after ``error``: the plain schema (remembered for later calls)."""
+        plain = request.after_refusal(error)
+        self.plain_json = True
+        return plain
 
     def _learn(self, models: Any, version_info: Any) -> None:
         """Record the served model (when not given) and the server's vLLM version."""
@@ -92,6 +98,8 @@ def _values(generations: list[Generation], n: int | None) -> Any:
 
 
 def _progress(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm  # here, not at import: it costs a light client ~0.1 s of CPU
+
     # disable=None: shown on a terminal, silent in logs and CI.
     return tqdm(total=total, desc="generating", unit="prompt", disable=None if progress else True)
 
@@ -124,12 +132,15 @@ class VLLM(_Online):
         return request.generations(self._send(request))
 
     def _send(self, request: Request) -> Any:
-        """The response (or, streaming, the open stream), retried only when a retry can help."""
+        """The response (or, streaming, the open stream). A server that refuses compact JSON
+        gets the plain schema; only failures a retry can help are sent again."""
         retries = Retries.of(self.client)
         while True:
             try:
                 with mapped_errors(self.client, request):
                     return request.create(self._sender)
+            except ConstraintRejectedError as error:
+                request = self._after_refusal(request, error)
             except RequestFailedError as error:
                 time.sleep(retries.pause(error))
 
@@ -228,12 +239,15 @@ class AsyncVLLM(_Online):
         return request.generations(await self._send(request))
 
     async def _send(self, request: Request) -> Any:
-        """The response (or, streaming, the open stream), retried only when a retry can help."""
+        """The response (or, streaming, the open stream). A server that refuses compact JSON
+        gets the plain schema; only failures a retry can help are sent again."""
         retries = Retries.of(self.client)
         while True:
             try:
                 with mapped_errors(self.client, request):
                     return await request.create(self._sender)
+            except ConstraintRejectedError as error:
+                request = self._after_refusal(request, error)
             except RequestFailedError as error:
                 await asyncio.sleep(retries.pause(error))
 
