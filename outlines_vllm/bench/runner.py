@@ -124,29 +124,9 @@ async def _online(
             seed=scenario.seed,
             desc=f"{run['path']} {run['workload']} c={run['concurrency']}",
         )
-        await _count_tokens_online(root, model, measured.records, api_key, scenario.max_tokens)
         summaries.append(summarise(workload, measured, labels))
     await client.close()
     return summaries
-
-
-async def _count_tokens_online(
-    root: str, model: str, records: list[paths.Record], api_key: str | None, max_tokens: int
-) -> None:
-    """Fill in token counts the package path does not return, with the server's ``/tokenize``."""
-    import httpx
-
-    missing = [r for r in records if r.ok and r.output_tokens is None]
-    if not missing:
-        return
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(base_url=root, headers=headers, timeout=30) as http:
-        for record in missing:
-            reply = await http.post(
-                "/tokenize", json={"model": model, "prompt": record.text, "add_special_tokens": False}
-            )
-            reply.raise_for_status()
-            paths.package_tokens(record, reply.json()["count"], max_tokens)
 
 
 # --- offline -------------------------------------------------------------------------------------
@@ -155,17 +135,13 @@ async def _count_tokens_online(
 def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[dict[str, Any]]:
     """Every offline run of ``scenario`` on the embedded engine ``llm`` (a ``vllm.LLM``)."""
     sampling = _sampling(scenario)
-    tokenizer = llm.get_tokenizer()
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
 
     senders: dict[str, load.SendBatch] = {"raw": lambda requests: paths.offline_raw(llm, requests, sampling)}
     if "package" in scenario.paths:
         from outlines_vllm import from_vllm_offline
 
         package = from_vllm_offline(llm)
-        senders["package"] = lambda requests: paths.offline_package(package, requests, sampling, count)
+        senders["package"] = lambda requests: paths.offline_package(package, requests, sampling)
     summaries = []
     plan = _plan(scenario, "offline")
     for run, workload in tqdm(list(_workloads(scenario, plan, "offline")), desc="offline runs", unit="run"):

@@ -92,6 +92,7 @@ def test_completions_endpoint_sends_the_prompt_text_and_streaming_sets_stream():
         "model": "m",
         "prompt": "Once",
         "stream": True,
+        "stream_options": {"include_usage": True},
         "extra_body": {"structured_outputs": {"regex": "a"}},
         "extra_headers": {CONSTRAINT_HEADER: "regex"},
     }
@@ -382,5 +383,5 @@ async def test_a_closed_port_raises_server_unavailable_async():
     from outlines_vllm.launch import free_port
 
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="x", max_retries=0)
-    with pytest.raises(ServerUnavailableError, match="start it"):
+    with pytest.raises(ServerUnavailableError, match="Start the server"):
         await from_vllm(client)("hi", Regex("a"))
