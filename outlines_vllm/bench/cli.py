@@ -1,4 +1,4 @@
-"""``outlines-vllm bench online | offline | run``: argument parsing only; the work is imported
+"""``outlines-vllm bench online | offline | run | coverage``: argument parsing only; the work is imported
 when a command runs, so ``outlines-vllm --help`` stays fast."""
 
 from __future__ import annotations
@@ -37,9 +37,36 @@ def add_parser(commands: Any) -> None:
     _common(local)
     local.set_defaults(run=_local)
 
+    coverage = modes.add_parser(
+        "coverage",
+        help="engine-free: which JSONSchemaBench schemas each grammar backend compiles, and how fast",
+    )
+    coverage.add_argument("--sets", nargs="+", help="JSONSchemaBench sets (default: all ten)")
+    coverage.add_argument("--per-set", default="20", help="schemas sampled per set, or 'all' (default 20)")
+    coverage.add_argument("--backends", nargs="+", help="xgrammar guidance outlines (default: all three)")
+    coverage.add_argument(
+        "--variants", nargs="+", help="json (plain vLLM) package (what we send); default both"
+    )
+    coverage.add_argument(
+        "--timeout", type=float, default=30.0, help="CPU seconds per compile (outlines: at most vLLM's 5 s)"
+    )
+    coverage.add_argument("--workers", type=int, default=2, help="worker processes (default 2: both cores)")
+    coverage.add_argument("--mask-per-set", type=int, default=5, help="schemas per set whose masks are timed")
+    coverage.add_argument("--mask-steps", type=int, default=32, help="tokens per mask-timing walk")
+    coverage.add_argument("--seed", type=int, default=0)
+    coverage.add_argument("--max-minutes", type=float, help="start no new schema after this long")
+    coverage.add_argument("--model", help="tokenizer folder (default: the default model)")
+    coverage.add_argument("--out", type=Path, default=DEFAULT_OUT / "coverage", help="folder for results")
+    coverage.add_argument(
+        "--render", action="store_true", help="only rewrite the reports from --out's records.jsonl.gz"
+    )
+    coverage.set_defaults(run=_coverage)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", default="default", help="scenario file, or a shipped name: default, full, tiny")
+    parser.add_argument(
+        "--scenario", default="default", help="scenario file, or a shipped name: default, full, tiny"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results and plots")
     parser.add_argument("--requests", type=int, help="measured requests per run")
     parser.add_argument("--warmup", type=int, help="warm-up requests per run (not counted)")
@@ -109,3 +136,26 @@ def _local(args: argparse.Namespace) -> int:
     modes = ["offline"] if args.offline_only else None
     scenario = _scenario(args, modes=modes, backends=args.backend)
     return _finish(run_local(model, scenario), scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    from .coverage import Options, run
+    from .coverage_report import load_run, publish, save_run
+
+    if args.render:
+        return publish(load_run(args.out), args.out)
+    per_set = None if args.per_set == "all" else int(args.per_set)
+    given = {"sets": args.sets, "backends": args.backends, "variants": args.variants}
+    options = Options(
+        **{k: v for k, v in given.items() if v},
+        per_set=per_set,
+        timeout=args.timeout,
+        workers=args.workers,
+        mask_per_set=args.mask_per_set,
+        mask_steps=args.mask_steps,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+    )
+    result = run(options, _model(args)) | {"command": command_line()}
+    save_run(result, args.out)
+    return publish(result, args.out)
