@@ -89,13 +89,19 @@ def _key(backend: str, fields: dict[str, Any]) -> str:
     return backend + json.dumps(relevant, sort_keys=True)
 
 
-def run(options: Options, model: str, *, progress: bool = True) -> dict[str, Any]:
-    """Compile the selection; return the records and the run's facts (see ``aggregate``)."""
+def run(
+    options: Options, model: str, *, progress: bool = True, schemas: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Compile the selection (or ``schemas``: ``{"set", "id", "schema"}`` rows); return the
+    records and the run's facts (see ``aggregate``)."""
     from tqdm.auto import tqdm
 
     from .workerpool import WorkerPool
 
-    schemas = select(options)
+    if schemas is not None:
+        schemas = [row | {"number": i, "mask": True} for i, row in enumerate(schemas)]
+    else:
+        schemas = select(options)
     os.environ[MODEL_ENV] = model  # the fork server warms every backend on this tokenizer
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.monotonic()

@@ -7,7 +7,9 @@ its worker is killed; either way a fresh worker takes the slot and the run goes 
 
 The time limit counts the worker's CPU time (Linux ``/proc``), so a loaded, shared machine
 does not turn slow compiles into time-outs; a wall-clock backstop (``wall_factor`` times the
-limit, plus a grace) still stops a task that waits forever without using the CPU.
+limit, plus a grace) still stops a task that waits forever without using the CPU. The clocks
+start when the worker has unpickled the task (imported its module), so a replacement
+worker's start-up is not charged to the task (``startup`` seconds bound that phase).
 
 Workers come from a fork server that has imported ``preload`` (heavy modules) once, so a
 replacement worker starts in milliseconds rather than re-importing torch.
@@ -54,7 +56,8 @@ def _serve(conn: Connection, quiet: bool) -> None:
             return
         if message is None:
             return
-        fn, arg = message
+        fn, arg = message  # unpickled: the function's module is imported by now
+        conn.send(("started", None))
         try:
             conn.send(("ok", fn(arg)))
         except Exception as exc:  # the task's failure, reported, never the worker's end
@@ -78,19 +81,25 @@ class _Worker:
         self.process.start()
         child.close()
         self.task: int | None = None
-        self.started = 0.0
-        self.cpu_start = 0.0
+        self.started = self.begun = 0.0
+        self.cpu_start: float | None = None
 
     def give(self, index: int, fn: Callable[[Any], Any], arg: Any) -> None:
         self.task = index
         self.started = time.monotonic()
-        self.cpu_start = cpu_seconds(self.process.pid) or 0.0
+        self.cpu_start = None  # set when the worker starts the task (after its imports)
         self.conn.send((fn, arg))
+
+    def begin(self) -> None:
+        self.cpu_start = cpu_seconds(self.process.pid)
+        self.begun = time.monotonic()
 
     def used(self) -> float:
         """Seconds the current task has used: CPU time where known, else wall time."""
+        if self.cpu_start is None:
+            return 0.0  # still unpickling the task: the wall-clock backstop covers this
         cpu = cpu_seconds(self.process.pid)
-        return cpu - self.cpu_start if cpu is not None else time.monotonic() - self.started
+        return cpu - self.cpu_start if cpu is not None else time.monotonic() - self.begun
 
     def kill(self) -> None:
         if self.process.is_alive():
@@ -122,6 +131,7 @@ class WorkerPool:
         wall_factor: float = 4.0,
         grace: float = 30.0,
         poll: float = 0.1,
+        startup: float = 300.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -129,7 +139,7 @@ class WorkerPool:
         if preload:
             self.ctx.set_forkserver_preload(list(preload))
         self.size, self.quiet = workers, quiet
-        self.wall_factor, self.grace, self.poll = wall_factor, grace, poll
+        self.wall_factor, self.grace, self.poll, self.startup = wall_factor, grace, poll, startup
         self.workers: list[_Worker] = []
         self.restarts = 0
 
@@ -172,21 +182,35 @@ class WorkerPool:
                 if id(worker) in finished:
                     continue
                 finished.add(id(worker))
-                yield self._collect(worker, busy.pop(id(worker))[1])
+                if (outcome := self._collect(worker)) is not None:
+                    del busy[id(worker)]
+                    yield outcome
             for key, (worker, seconds) in list(busy.items()):
-                wall = time.monotonic() - worker.started
-                if worker.used() > seconds or wall > seconds * self.wall_factor + self.grace:
+                now = time.monotonic()
+                wall = now - worker.started
+                if worker.cpu_start is None:  # a new worker still starting: its imports are not the task's
+                    over = wall > self.startup
+                else:
+                    over = (
+                        worker.used() > seconds
+                        or now - worker.begun > seconds * self.wall_factor + self.grace
+                    )
+                if over:
                     index = worker.task
                     del busy[key]
                     self._replace(worker)
                     yield Outcome(index, "timeout", seconds=wall)
 
-    def _collect(self, worker: _Worker, seconds: float) -> Outcome:
+    def _collect(self, worker: _Worker) -> Outcome | None:
+        """The outcome of ``worker``'s task, or None when it only said it started."""
         index = worker.task
         wall = time.monotonic() - worker.started
         try:
             if worker.conn.poll():
                 status, payload = worker.conn.recv()
+                if status == "started":
+                    worker.begin()
+                    return None
                 worker.task = None
                 if status == "ok":
                     return Outcome(index, "ok", value=payload, seconds=wall)
