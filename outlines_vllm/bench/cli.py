@@ -75,12 +75,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="Poisson arrivals per second for an extra run")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workload", action="append", dest="workloads", help="workload(s) to run")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="run every measured configuration K times (order alternated); ratios get min-max",
+    )
 
 
 def _scenario(args: argparse.Namespace, **extra: Any) -> Any:
     from .scenario import Scenario
 
-    fields = ("requests", "warmup", "max_tokens", "concurrency", "rate", "seed", "workloads")
+    fields = ("requests", "warmup", "max_tokens", "concurrency", "rate", "seed", "workloads", "repeat")
     return Scenario.load(args.scenario, **{f: getattr(args, f) for f in fields}, **extra)
 
 
