@@ -62,6 +62,20 @@ def add_parser(commands: Any) -> None:
     )
     coverage.set_defaults(run=_coverage)
 
+    compliance = modes.add_parser(
+        "compliance",
+        help="through an embedded engine: accepted schemas and valid answers per JSONSchemaBench set",
+    )
+    compliance.add_argument("--sets", nargs="+", help="JSONSchemaBench sets (default: all ten)")
+    compliance.add_argument("--per-set", type=int, default=4, help="schemas sampled per set (default 4)")
+    compliance.add_argument("--backends", nargs="+", default=["xgrammar", "guidance", "outlines"])
+    compliance.add_argument("--max-tokens", type=int, default=512)
+    compliance.add_argument("--temperature", type=float, default=0.0)
+    compliance.add_argument("--seed", type=int, default=0)
+    compliance.add_argument("--model", help="model folder (default: the default model)")
+    compliance.add_argument("--out", type=Path, default=DEFAULT_OUT / "compliance", help="folder for results")
+    compliance.set_defaults(run=_compliance)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -164,3 +178,32 @@ def _coverage(args: argparse.Namespace) -> int:
     result = run(options, _model(args)) | {"command": command_line()}
     save_run(result, args.out)
     return publish(result, args.out)
+
+
+def _compliance(args: argparse.Namespace) -> int:
+    from ..datasets import JSONSCHEMABENCH_SETS
+    from . import compliance
+    from .environment import PACKAGES, _version
+    from .paths import Sampling
+    from .runner import offline_engine
+
+    model = _model(args)
+    rows = compliance.sample(args.sets or list(JSONSCHEMABENCH_SETS), args.per_set, args.seed)
+    sampling = Sampling(args.max_tokens, args.temperature, args.seed)
+    records = []
+    for backend in args.backends:
+        with offline_engine(model, backend=backend, seed=args.seed) as llm:
+            records += compliance.run(llm, rows, backend, sampling)
+    options = {
+        k: getattr(args, k) for k in ("sets", "per_set", "backends", "max_tokens", "temperature", "seed")
+    }
+    document = {
+        "command": command_line(),
+        "model": model,
+        "options": options,
+        "versions": {name: _version(name) for name in PACKAGES},
+        "results": compliance.aggregate(records),
+        "records": records,
+    }
+    compliance.publish(document, args.out)
+    return 0
