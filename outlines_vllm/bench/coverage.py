@@ -262,6 +262,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             )
     compile_ms = percentiles([r["compile_ms"] for r in accepted])
     masks = [t for r in accepted for t in r.get("mask_us") or []]
+    client = percentiles([r["client_ms"] for r in records if r.get("client_ms") is not None])
     return {
         "schemas": len(records),
         "accepted": len(accepted),
@@ -273,6 +274,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             **{k: compile_ms.get(k) for k in ("p50", "p90", "p99")},
             "max": max((r["compile_ms"] for r in accepted), default=None),
         },
+        "client_ms": {k: client[k] for k in ("p50", "p99")},  # output_spec, package variant only
         "mask_us": {
             "schemas": sum(1 for r in accepted if r.get("mask_us")),
             "masks": len(masks),

@@ -106,3 +106,18 @@ def test_repeated_offline_runs_report_median_ratios_with_their_spread(llm, tiny,
     low, high = overhead[0]["spread"]["overhead_ratio"]
     assert low <= overhead[0]["overhead_ratio"] <= high
     assert "repeated 2 times" in files["markdown"].read_text()
+
+
+def test_compliance_judges_real_schemas_through_the_engine(llm, tmp_path):
+    from outlines_vllm.bench import compliance
+    from outlines_vllm.bench.paths import Sampling
+
+    rows = compliance.sample(["Github_trivial", "Glaiveai2K"], 2, seed=0)
+    records = compliance.run(llm, rows, "auto", Sampling(256, 0.0, 0))
+    assert [(r["set"], r["id"]) for r in records] == [(r["set"], r["id"]) for r in rows]
+    table = compliance.aggregate(records)["auto"]
+    assert table["all"]["schemas"] == 4
+    assert table["all"]["accepted"] >= 1 and table["all"]["valid"] >= 1
+    for record in records:
+        if record["accepted"] and record["judged"]:
+            assert record["valid"] == (not record["truncated"] and record["reason"] is None)
