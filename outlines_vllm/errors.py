@@ -60,8 +60,7 @@ class ConstraintRejectedError(OutlinesVLLMError, ValueError):
         self.message = message
         super().__init__(
             f"the vLLM server rejected the request (HTTP {status_code}): {message}. "
-            "Fix the output type or request arguments named in that message. On a server whose "
-            "structured-output backend is guidance or outlines, JSON types need compact=False."
+            "Fix the output type or request arguments named in that message."
         )
 
 
@@ -94,6 +93,10 @@ class OfflineJobError(OutlinesVLLMError, ValueError):
 
 class ManifestError(OutlinesVLLMError, ValueError):
     """The Kubernetes manifests in ``k8s/`` do not build or do not validate; the message says which."""
+
+
+class CompactJSONWarning(UserWarning):
+    """The server refused compact JSON, so the plain schema was sent: JSON may carry whitespace."""
 
 
 def _preview(text: str, limit: int = 200) -> str:

@@ -76,6 +76,12 @@ def add_parser(commands: Any) -> None:
     compliance.add_argument("--out", type=Path, default=DEFAULT_OUT / "compliance", help="folder for results")
     compliance.set_defaults(run=_compliance)
 
+    client = modes.add_parser("client", help="client CPU of this package against the raw openai SDK")
+    client.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "client")
+    client.add_argument("--processes", type=int, default=5, help="fresh processes per path (first call)")
+    client.add_argument("--requests", type=int, default=200, help="requests per block (steady state)")
+    client.set_defaults(run=_client)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -206,4 +212,11 @@ def _compliance(args: argparse.Namespace) -> int:
         "records": records,
     }
     compliance.publish(document, args.out)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client_cost import run
+
+    run(args.out, processes=args.processes, requests=args.requests)
     return 0

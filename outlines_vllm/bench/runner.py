@@ -9,7 +9,6 @@ offline entry point when given a path; callers that pass an engine keep ownershi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -191,8 +190,12 @@ def offline_engine(model: str | os.PathLike[str], *, backend: str = "auto", seed
 
     from ..launch import engine_kwargs
 
-    extra = {"structured_outputs_config": {"backend": backend}} if backend != "auto" else {}
-    llm = LLM(str(model), seed=seed, **engine_kwargs(**ENGINE_OPTIONS, **extra))
+    # vLLM's own configuration for ``backend``, not ours: the raw path is what plain vLLM does.
+    llm = LLM(
+        str(model),
+        seed=seed,
+        **engine_kwargs(**ENGINE_OPTIONS, structured_outputs_config={"backend": backend}),
+    )
     try:
         yield llm
     finally:
@@ -213,11 +216,14 @@ def run_local(
                 summaries += run_offline(llm, scenario, backend=backend)
         if "online" in scenario.modes:
             print(f"[bench] online, backend {backend}: starting a local vLLM server", flush=True)
-            extra = ["--no-enable-prefix-caching"]
-            if backend != "auto":
-                extra += ["--structured-outputs-config", json.dumps({"backend": backend})]
             log = Path(log_dir) / f"server-{backend}.log" if log_dir else None
-            with LocalServer(model, served_model_name="bench", extra_args=extra, log_path=log) as server:
+            with LocalServer(
+                model,
+                served_model_name="bench",
+                extra_args=["--no-enable-prefix-caching"],
+                log_path=log,
+                structured_outputs_config={"backend": backend},  # plain vLLM, as for the raw path
+            ) as server:
                 summaries += run_online(server.base_url, scenario, model="bench", backend=backend)
     return summaries
 

@@ -15,9 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..errors import InvalidRequestError
+from ..errors import ConstraintRejectedError, InvalidRequestError
 from .request import (
     Endpoint,
     Generation,
@@ -39,6 +37,7 @@ class _Online:
         self.model_name = model_name
         self.endpoint = endpoint
         self.server_version: str | None = None
+        self.plain_json = False  # the server refused compact JSON once: send plain schemas
         self._ready = False
 
     def _request(
@@ -54,7 +53,14 @@ class _Online:
             endpoint=endpoint,
             stream=stream,
             server_version=self.server_version,
+            plain=self.plain_json,
         )
+
+    def _after_refusal(self, request: Request, error: ConstraintRejectedError) -> Request:
+        """What to send after ``error``: the plain schema (remembered for later calls)."""
+        plain = request.after_refusal(error)
+        self.plain_json = True
+        return plain
 
     def _learn(self, models: Any, version_info: Any) -> None:
         """Record the served model (when not given) and the server's vLLM version."""
@@ -86,6 +92,8 @@ def _values(generations: list[Generation], n: int | None) -> Any:
 
 
 def _progress(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm  # here, not at import: it costs a light client ~0.1 s of CPU
+
     # disable=None: shown on a terminal, silent in logs and CI.
     return tqdm(total=total, desc="generating", unit="prompt", disable=None if progress else True)
 
@@ -115,9 +123,17 @@ class VLLM(_Online):
         """Every generation (``n`` of them) with text, value, finish reason and reasoning."""
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs)
+        return request.generations(self._create(request))
+
+    def _create(self, request: Request) -> Any:
+        """Send ``request``; a server that refuses its compact JSON gets the plain schema."""
+        try:
+            with mapped_errors(self.client):
+                return request.create(self.client)
+        except ConstraintRejectedError as error:
+            request = self._after_refusal(request, error)
         with mapped_errors(self.client):
-            response = request.create(self.client)
-        return request.generations(response)
+            return request.create(self.client)
 
     def __call__(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Any:
         """The generated text (a list of texts when ``n > 1``), checked against ``output_type``."""
@@ -132,7 +148,7 @@ class VLLM(_Online):
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
-        with mapped_errors(self.client), request.create(self.client) as chunks:
+        with mapped_errors(self.client), self._create(request) as chunks:
             for chunk in chunks:
                 if delta := reader.feed(chunk):
                     yield delta
@@ -200,9 +216,17 @@ class AsyncVLLM(_Online):
         """Every generation (``n`` of them) with text, value, finish reason and reasoning."""
         await self._ensure_ready()
         request = self._request(prompt, output_type, kwargs)
+        return request.generations(await self._create(request))
+
+    async def _create(self, request: Request) -> Any:
+        """Send ``request``; a server that refuses its compact JSON gets the plain schema."""
+        try:
+            with mapped_errors(self.client):
+                return await request.create(self.client)
+        except ConstraintRejectedError as error:
+            request = self._after_refusal(request, error)
         with mapped_errors(self.client):
-            response = await request.create(self.client)
-        return request.generations(response)
+            return await request.create(self.client)
 
     async def __call__(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Any:
         """The generated text (a list of texts when ``n > 1``), checked against ``output_type``."""
@@ -218,7 +242,7 @@ class AsyncVLLM(_Online):
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
         with mapped_errors(self.client):
-            async with await request.create(self.client) as chunks:
+            async with await self._create(request) as chunks:
                 async for chunk in chunks:
                     if delta := reader.feed(chunk):
                         yield delta

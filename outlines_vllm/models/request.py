@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import (
+    CompactJSONWarning,
     ConstraintRejectedError,
     InvalidRequestError,
     RefusalError,
@@ -23,12 +26,11 @@ from ..errors import (
     UnsupportedOutputTypeError,
     UnsupportedServerError,
 )
-from ..types import OutputSpec, output_spec
+from ..types import CONSTRAINT_HEADER, CONSTRAINT_KINDS, OutputSpec, output_spec
 from .base import finish, partial_json
 from .prompts import to_messages, to_text
 
 Endpoint = Literal["chat", "completions"]
-CONSTRAINT_HEADER = "X-Outlines-Constraint"
 # vLLM 0.12 replaced the ``guided_*`` fields by ``structured_outputs``; older servers ignore it
 # and would return unconstrained text.
 MIN_SERVER_VERSION = (0, 12)
@@ -52,6 +54,21 @@ class Request:
     endpoint: Endpoint
     body: dict[str, Any]
     spec: OutputSpec
+    plain: Request | None = None  # the same request with the plain schema, when it differs
+
+    def after_refusal(self, error: ConstraintRejectedError) -> Request:
+        """The request to send after the server refused this one: the plain schema when the
+        refused form was compact JSON (with a warning), else ``error`` is raised."""
+        if self.plain is None:
+            raise error
+        warnings.warn(
+            f"the server refused compact JSON ({error.message}); sending the plain schema, so "
+            "this server may pad JSON with whitespace. Start it with --structured-outputs-config "
+            '\'{"backend": "xgrammar", "disable_any_whitespace": true}\' to keep JSON compact.',
+            CompactJSONWarning,
+            stacklevel=4,
+        )
+        return self.plain
 
     @property
     def max_tokens(self) -> int | None:
@@ -121,7 +138,6 @@ class PartialObjects:
 
 
 _OURS = {"extra_body", "extra_headers"}
-_CONSTRAINT_KEYS = {"json", "regex", "choice", "grammar", "json_object", "structural_tag"}
 
 
 def build_request(
@@ -133,12 +149,14 @@ def build_request(
     endpoint: Endpoint = "chat",
     stream: bool = False,
     server_version: str | None = None,
+    plain: bool = False,
 ) -> Request:
     """The request for one prompt: messages or prompt text, the constraint merged into a copy of
     the caller's ``extra_body``, and the ``X-Outlines-Constraint`` header.
 
     ``kwargs`` are the caller's openai SDK arguments; neither they nor anything inside them
-    is modified.
+    is modified. ``plain`` sends JSON schemas as they are (for a server that refused the
+    compact form before); otherwise ``Request.plain`` holds that form, to retry with.
     """
     if endpoint not in ("chat", "completions"):
         raise InvalidRequestError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -158,15 +176,27 @@ def build_request(
         body["prompt"] = to_text(prompt)
     if stream:
         body["stream"] = True
-    extra_body = copy.deepcopy(kwargs.get("extra_body") or {})
-    if spec.constraint is not None:
-        extra_body["structured_outputs"] = _merge_constraint(
-            extra_body.get("structured_outputs"), spec.constraint.structured_outputs()
-        )
-    if extra_body:
-        body["extra_body"] = extra_body
     body["extra_headers"] = {**(kwargs.get("extra_headers") or {}), CONSTRAINT_HEADER: spec.kind}
-    return Request(endpoint, body, spec)
+    fallback = spec.constraint.fallback() if spec.constraint is not None else None
+    fields = spec.constraint.structured_outputs() if spec.constraint is not None else None
+    if plain and fallback is not None:
+        fields, fallback = fallback, None
+    request = Request(endpoint, _with_constraint(body, kwargs.get("extra_body"), fields), spec)
+    if fallback is None:
+        return request
+    return dataclasses.replace(
+        request, plain=Request(endpoint, _with_constraint(body, kwargs.get("extra_body"), fallback), spec)
+    )
+
+
+def _with_constraint(
+    body: dict[str, Any], callers: dict[str, Any] | None, fields: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``body`` with a copy of the caller's ``extra_body`` holding the constraint ``fields``."""
+    extra_body = copy.deepcopy(callers or {})
+    if fields is not None:
+        extra_body["structured_outputs"] = _merge_constraint(extra_body.get("structured_outputs"), fields)
+    return {**body, "extra_body": extra_body} if extra_body else dict(body)
 
 
 def _merge_constraint(callers: Any, ours: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +205,7 @@ def _merge_constraint(callers: Any, ours: dict[str, Any]) -> dict[str, Any]:
         return ours
     if not isinstance(callers, dict):
         raise InvalidRequestError(f"extra_body['structured_outputs'] must be a dict, got {callers!r}")
-    if clash := _CONSTRAINT_KEYS & callers.keys():
+    if clash := set(CONSTRAINT_KINDS) & callers.keys():
         raise InvalidRequestError(
             f"extra_body['structured_outputs'] already holds a constraint ({sorted(clash)}) and "
             "output_type gives another; pass one of them (output_type=None to send your own)"

@@ -24,11 +24,12 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from ..metrics import REGISTRY
+from ..types import CONSTRAINT_HEADER
 from .config import AppConfig
 from .exposition import merge
 from .observe import Observation
 from .replica import JSON, Reply, error_body
-from .validation import CHAT, COMPLETIONS, CONSTRAINT_HEADER, BadRequest, inspect_request
+from .validation import CHAT, COMPLETIONS, BadRequest, inspect_request
 
 logger = logging.getLogger("ray.serve")
 app = FastAPI(title="outlines-vllm", docs_url=None, redoc_url=None, openapi_url=None)  # no open extras
