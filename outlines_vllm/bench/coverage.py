@@ -284,15 +284,43 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+FALLBACK = "package+fallback"
+
+
+def with_fallback(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Derived records: what the package gets in the end. A server that refuses the compact form
+    is sent the plain schema (``Constraint.fallback``), so a schema is accepted when the package
+    variant or, where it differs from plain ``json``, the ``json`` variant is."""
+    plain = {(r["set"], r["id"], r["backend"]): r for r in records if r["variant"] == "json"}
+    derived = []
+    for record in records:
+        if (
+            record["variant"] != "package"
+            or (base := plain.get((record["set"], record["id"], record["backend"]))) is None
+        ):
+            continue
+        falls_back = (
+            record["status"] != "accepted"
+            and record.get("reason") != "client"
+            and record.get("sent") != ["json"]
+        )
+        chosen = base if falls_back else record
+        derived.append(chosen | {"variant": FALLBACK})
+    return derived
+
+
 def aggregate(run_result: dict[str, Any]) -> dict[str, Any]:
     """The results document: per backend and variant, over all sets and per set."""
     from .environment import PACKAGES, _version
 
-    records = run_result["records"]
-    groups: dict[str, dict[str, Any]] = {}
     options = run_result["options"]
+    records = run_result["records"] + with_fallback(run_result["records"])
+    variants = (
+        [*options["variants"], FALLBACK] if set(VARIANTS) <= set(options["variants"]) else options["variants"]
+    )
+    groups: dict[str, dict[str, Any]] = {}
     for backend in options["backends"]:
-        for variant in options["variants"]:
+        for variant in variants:
             mine = [r for r in records if r["backend"] == backend and r["variant"] == variant]
             groups[f"{backend}/{variant}"] = {
                 "backend": backend,

@@ -196,6 +196,8 @@ restarts (time-outs and crashes).
 - **package**: exactly the fields this package sends for the schema
   (`output_spec(schema).constraint.structured_outputs()`: {sent}); refused by `output_spec`
   counts as refused (reason `client`).
+- **package+fallback**: what the package gets in the end: when a server refuses the compact
+  form, the package sends the plain schema (`Constraint.fallback`), so the `json` result stands in.
 
 {table(document)}
 

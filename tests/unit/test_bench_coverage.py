@@ -185,3 +185,20 @@ def test_a_small_real_run_compiles_with_every_backend() -> None:
             assert record["compile_ms"] >= 0
     assert any(r.get("mask_us") for r in plain if r["status"] == "accepted")
     assert all(r["sent"] for r in records if r["variant"] == "package")  # what output_spec sent
+
+
+def test_package_with_fallback_takes_the_plain_result_when_the_compact_form_is_refused() -> None:
+    records = [
+        _record("guidance", "json", "accepted", 2.0),
+        _record("guidance", "package", "refused", reason="invalid", sent=["regex"]),
+        _record("guidance", "json", "refused", id="o2", reason="unsupported"),
+        _record("guidance", "package", "accepted", 5.0, id="o2", sent=["regex"]),
+        _record("guidance", "json", "accepted", 2.0, id="o3"),
+        _record("guidance", "package", "refused", id="o3", reason="client", sent=None),
+    ]
+    derived = {r["id"]: r for r in coverage.with_fallback(records)}
+    assert {k: (r["variant"], r["status"]) for k, r in derived.items()} == {
+        "o1": ("package+fallback", "accepted"),  # compact refused, plain accepted
+        "o2": ("package+fallback", "accepted"),
+        "o3": ("package+fallback", "refused"),  # output_spec refused: nothing is sent
+    }
