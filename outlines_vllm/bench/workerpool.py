@@ -151,6 +151,7 @@ class WorkerPool:
         for worker in self.workers:
             worker.stop()
         self.workers = []
+        _stop_fork_server()
 
     def _replace(self, worker: _Worker) -> None:
         worker.kill()
@@ -221,3 +222,16 @@ class WorkerPool:
         code = worker.process.exitcode
         self._replace(worker)
         return Outcome(index, "crash", error=f"worker died (exit code {code})", seconds=wall)
+
+
+def _stop_fork_server() -> None:
+    """Kill this process's fork server: warmed with compiler threads, it may not exit on its own
+    when we do, and the next pool may want another ``preload``. The next ``ensure_running``
+    reaps it and starts a new one."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped (see above)
