@@ -1,4 +1,4 @@
-"""``outlines-vllm bench online | offline | run``: argument parsing only; the work is imported
+"""``outlines-vllm bench online | offline | run | coverage``: argument parsing only; the work is imported
 when a command runs, so ``outlines-vllm --help`` stays fast."""
 
 from __future__ import annotations
@@ -37,18 +37,50 @@ def add_parser(commands: Any) -> None:
     _common(local)
     local.set_defaults(run=_local)
 
+    coverage = modes.add_parser(
+        "coverage",
+        help="engine-free: which JSONSchemaBench schemas each grammar backend compiles, and how fast",
+    )
+    coverage.add_argument("--sets", nargs="+", help="JSONSchemaBench sets (default: all ten)")
+    coverage.add_argument("--per-set", default="20", help="schemas sampled per set, or 'all' (default 20)")
+    coverage.add_argument("--backends", nargs="+", help="xgrammar guidance outlines (default: all three)")
+    coverage.add_argument(
+        "--variants", nargs="+", help="json (plain vLLM) package (what we send); default both"
+    )
+    coverage.add_argument(
+        "--timeout", type=float, default=30.0, help="CPU seconds per compile (outlines: at most vLLM's 5 s)"
+    )
+    coverage.add_argument("--workers", type=int, default=2, help="worker processes (default 2: both cores)")
+    coverage.add_argument("--mask-per-set", type=int, default=5, help="schemas per set whose masks are timed")
+    coverage.add_argument("--mask-steps", type=int, default=32, help="tokens per mask-timing walk")
+    coverage.add_argument("--seed", type=int, default=0)
+    coverage.add_argument("--max-minutes", type=float, help="start no new schema after this long")
+    coverage.add_argument("--model", help="tokenizer folder (default: the default model)")
+    coverage.add_argument("--out", type=Path, default=DEFAULT_OUT / "coverage", help="folder for results")
+    coverage.add_argument(
+        "--render", action="store_true", help="only rewrite the reports from --out's records.jsonl.gz"
+    )
+    coverage.set_defaults(run=_coverage)
+
+    compliance = modes.add_parser(
+        "compliance",
+        help="through an embedded engine: accepted schemas and valid answers per JSONSchemaBench set",
+    )
+    compliance.add_argument("--sets", nargs="+", help="JSONSchemaBench sets (default: all ten)")
+    compliance.add_argument("--per-set", type=int, default=4, help="schemas sampled per set (default 4)")
+    compliance.add_argument("--backends", nargs="+", default=["xgrammar", "guidance", "outlines"])
+    compliance.add_argument("--max-tokens", type=int, default=512)
+    compliance.add_argument("--temperature", type=float, default=0.0)
+    compliance.add_argument("--seed", type=int, default=0)
+    compliance.add_argument("--model", help="model folder (default: the default model)")
+    compliance.add_argument("--out", type=Path, default=DEFAULT_OUT / "compliance", help="folder for results")
+    compliance.set_defaults(run=_compliance)
+
     client = modes.add_parser("client", help="client CPU of this package against the raw openai SDK")
     client.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "client")
     client.add_argument("--processes", type=int, default=5, help="fresh processes per path (first call)")
     client.add_argument("--requests", type=int, default=200, help="requests per block (steady state)")
     client.set_defaults(run=_client)
-
-
-def _client(args: argparse.Namespace) -> int:
-    from .client_cost import run
-
-    run(args.out, processes=args.processes, requests=args.requests)
-    return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +95,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="Poisson arrivals per second for an extra run")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workload", action="append", dest="workloads", help="workload(s) to run")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="run every measured configuration K times (order alternated); ratios get min-max",
+    )
 
 
 def _scenario(args: argparse.Namespace, **extra: Any) -> Any:
     from .scenario import Scenario
 
-    fields = ("requests", "warmup", "max_tokens", "concurrency", "rate", "seed", "workloads")
+    fields = ("requests", "warmup", "max_tokens", "concurrency", "rate", "seed", "workloads", "repeat")
     return Scenario.load(args.scenario, **{f: getattr(args, f) for f in fields}, **extra)
 
 
@@ -124,3 +161,62 @@ def _local(args: argparse.Namespace) -> int:
     modes = ["offline"] if args.offline_only else None
     scenario = _scenario(args, modes=modes, backends=args.backend)
     return _finish(run_local(model, scenario), scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)
+
+
+def _coverage(args: argparse.Namespace) -> int:
+    from .coverage import Options, run
+    from .coverage_report import load_run, publish, save_run
+
+    if args.render:
+        return publish(load_run(args.out), args.out)
+    per_set = None if args.per_set == "all" else int(args.per_set)
+    given = {"sets": args.sets, "backends": args.backends, "variants": args.variants}
+    options = Options(
+        **{k: v for k, v in given.items() if v},
+        per_set=per_set,
+        timeout=args.timeout,
+        workers=args.workers,
+        mask_per_set=args.mask_per_set,
+        mask_steps=args.mask_steps,
+        seed=args.seed,
+        max_minutes=args.max_minutes,
+    )
+    result = run(options, _model(args)) | {"command": command_line()}
+    save_run(result, args.out)
+    return publish(result, args.out)
+
+
+def _compliance(args: argparse.Namespace) -> int:
+    from ..datasets import JSONSCHEMABENCH_SETS
+    from . import compliance
+    from .environment import PACKAGES, _version
+    from .paths import Sampling
+    from .runner import offline_engine
+
+    model = _model(args)
+    rows = compliance.sample(args.sets or list(JSONSCHEMABENCH_SETS), args.per_set, args.seed)
+    sampling = Sampling(args.max_tokens, args.temperature, args.seed)
+    records = []
+    for backend in args.backends:
+        with offline_engine(model, backend=backend, seed=args.seed) as llm:
+            records += compliance.run(llm, rows, backend, sampling)
+    options = {
+        k: getattr(args, k) for k in ("sets", "per_set", "backends", "max_tokens", "temperature", "seed")
+    }
+    document = {
+        "command": command_line(),
+        "model": model,
+        "options": options,
+        "versions": {name: _version(name) for name in PACKAGES},
+        "results": compliance.aggregate(records),
+        "records": records,
+    }
+    compliance.publish(document, args.out)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client_cost import run
+
+    run(args.out, processes=args.processes, requests=args.requests)
+    return 0

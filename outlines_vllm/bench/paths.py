@@ -167,28 +167,41 @@ def offline_raw(llm: Any, requests: Sequence[Request], sampling: Sampling) -> li
     records = []
     for out in outputs:
         completion = out.outputs[0]
-        stats = out.metrics
-        tokens = len(completion.token_ids)
-        records.append(
-            Record(
-                True,
-                completion.text,
-                completion.finish_reason,
-                tokens,
-                latency=end - start,
-                ttft=stats.first_token_latency if stats else None,
-                tpot=_tpot(stats.first_token_ts, stats.last_token_ts, tokens) if stats else None,
-            )
-        )
+        record = Record(True, completion.text, completion.finish_reason, latency=end - start)
+        engine_stats(record, out)
+        records.append(record)
     return records
+
+
+def engine_stats(record: Record, output: Any) -> None:
+    """Token count, TTFT and time per output token of ``record`` from vLLM's own request stats
+    (``RequestOutput.metrics``, logged when the engine runs with ``disable_log_stats=False``)."""
+    stats = output.metrics
+    tokens = len(output.outputs[0].token_ids)
+    record.output_tokens = tokens
+    record.ttft = stats.first_token_latency if stats else None
+    record.tpot = _tpot(stats.first_token_ts, stats.last_token_ts, tokens) if stats else None
 
 
 def offline_package(model: Any, requests: Sequence[Request], sampling: Sampling) -> list[Record]:
     """The batch through ``VLLMOffline.batch`` (one engine call, an output type per prompt).
 
     Failed items come back as their exceptions; finish reasons and token counts come from the
-    package's generations (or, for truncated and invalid output, from its error).
+    package's generations (or, for truncated and invalid output, from its error). The engine's
+    ``RequestOutput``s are also read on the way past (``LLM.generate`` wrapped for this call)
+    and matched to the answers by their text, so TTFT and TPOT come from the engine's request
+    stats, as on the raw path.
     """
+    outputs: list[Any] = []
+    engine = model.engine
+    generate = engine.generate
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        result = generate(*args, **kwargs)
+        outputs.extend(result)
+        return result
+
+    engine.generate = recording
     start = time.perf_counter()
     try:
         results = model.batch(
@@ -201,10 +214,21 @@ def offline_package(model: Any, requests: Sequence[Request], sampling: Sampling)
         )
     except Exception as exc:
         results = [exc] * len(requests)
+    finally:
+        del engine.generate  # the instance attribute hid the class's method
     end = time.perf_counter()
+    by_text: dict[str, list[Any]] = {}
+    for output in outputs:
+        by_text.setdefault(output.outputs[0].text, []).append(output)
     records = [_package_record(result) for result in results]
     for record in records:
         record.latency = end - start
+        if not record.ok:
+            continue
+        if matches := by_text.get(record.text):
+            output = matches.pop(0)
+            engine_stats(record, output)
+            record.finish_reason = output.outputs[0].finish_reason  # the engine's, not inferred
     return records
 
 

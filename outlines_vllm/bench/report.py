@@ -55,8 +55,31 @@ def _first(first: dict[str, Any]) -> str:
 
 def _label(run: dict[str, Any]) -> str:
     if run.get("rate"):
-        return f"Poisson {run['rate']:g}/s"
-    return str(run["concurrency"]) if run.get("concurrency") else "batch"
+        label = f"Poisson {run['rate']:g}/s"
+    else:
+        label = str(run["concurrency"]) if run.get("concurrency") else "batch"
+    return label + (f" #{run['repeat'] + 1}" if run.get("repeats", 1) > 1 else "")
+
+
+def _spread(row: dict[str, Any], key: str, digits: int = 2) -> str:
+    """A ratio, with its min-max over repetitions when the run was repeated."""
+    low_high = row.get("spread", {}).get(key)
+    text = _num(row.get(key), digits)
+    if low_high and row.get("repeats", 1) > 1:
+        text += f" ({_num(low_high[0], digits)}-{_num(low_high[1], digits)}, {row['repeats']} runs)"
+    return text
+
+
+def _median_range(values: list[float | None], digits: int = 2) -> str:
+    """The median of repeated runs' values, with min-max when there are several."""
+    numbers = sorted(v for v in values if v is not None)
+    if not numbers:
+        return "-"
+    mid = len(numbers) // 2
+    median = numbers[mid] if len(numbers) % 2 else (numbers[mid - 1] + numbers[mid]) / 2
+    if len(numbers) == 1:
+        return _num(median, digits)
+    return f"{_num(median, digits)} ({_num(numbers[0], digits)}-{_num(numbers[-1], digits)})"
 
 
 def table(runs: list[dict[str, Any]]) -> str:
@@ -81,15 +104,17 @@ def table(runs: list[dict[str, Any]]) -> str:
 def summary(results: dict[str, Any]) -> str:
     """The short table: one row per mode, backend and workload at the main load, raw / package
     side by side."""
-    rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    rows: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
     for run in results["runs"]:
         if run.get("main"):
-            rows.setdefault((run["mode"], run["backend"], run["workload"]), {})[run["path"]] = run
-    cells = {
-        "valid obj/s": lambda r: _num(r["valid_objects_per_s"]),
-        "req/s": lambda r: _num(r["requests_per_s"]),
-        "valid": lambda r: f"{r['valid']}/{r['sent']}",
-        "err": lambda r: str(r["failed"]),
+            rows.setdefault((run["mode"], run["backend"], run["workload"]), {}).setdefault(
+                run["path"], []
+            ).append(run)
+    cells = {  # repeated runs: the median (min-max) of rates, the sums of counts
+        "valid obj/s": lambda rs: _median_range([r["valid_objects_per_s"] for r in rs]),
+        "req/s": lambda rs: _median_range([r["requests_per_s"] for r in rs]),
+        "valid": lambda rs: f"{sum(r['valid'] for r in rs)}/{sum(r['sent'] for r in rs)}",
+        "err": lambda rs: str(sum(r["failed"] for r in rs)),
     }
     head = "| mode | backend | workload | " + " | ".join(f"{name} raw / package" for name in cells)
     lines = [head + " | tok/obj (raw) | TTFT p50 ms (raw) |", "|---" * (len(cells) + 5) + "|"]
@@ -98,7 +123,7 @@ def summary(results: dict[str, Any]) -> str:
             " / ".join(cell(by_path[p]) if p in by_path else "-" for p in ("raw", "package"))
             for cell in cells.values()
         ]
-        first = by_path.get("raw") or next(iter(by_path.values()))
+        first = (by_path.get("raw") or next(iter(by_path.values())))[0]
         lines.append(
             f"| {mode} | {backend} | {workload} | {' | '.join(values)} "
             f"| {_num(first['output_tokens']['mean'], 1)} | {_ms(first['ttft_s'], 'p50')} |"
@@ -112,30 +137,32 @@ def ratios(comparisons: dict[str, list[dict[str, Any]]]) -> str:
     for row in comparisons.get("package_overhead", []):
         if row["workload"].startswith("all"):
             out.append(
-                f"- **Overhead of this package vs the raw path, {row['mode']}**: {_num(row['overhead_ratio'], 3)}x "
+                f"- **Overhead of this package vs the raw path, {row['mode']}**: {_spread(row, 'overhead_ratio', 3)}x "
                 "(raw req/s over package req/s, geometric mean over workloads; 1.0 = none)"
             )
     for row in comparisons.get("constrained_vs_unconstrained", []):
         out.append(
             f"- Constrained (json_fixed) vs unconstrained, {row['mode']} {row['path']}: valid obj/s "
-            f"{_times(row['valid_objects_per_s'], row['validity'][1])}, out tok/s {_num(row['output_tokens_per_s'])}x, "
+            f"{_times(row['valid_objects_per_s'], row['validity'][1])}"
+            + (f" (range {_spread(row, 'valid_objects_per_s')})" if row.get("repeats", 1) > 1 else "")
+            + f", out tok/s {_spread(row, 'output_tokens_per_s')}x, "
             f"validity {_num(row['validity'][0])} vs {_num(row['validity'][1])}"
         )
     for row in comparisons.get("compact_vs_free_whitespace", []):
         tokens = row["tokens_per_valid_object"]
         out.append(
             f"- Compact vs free-whitespace JSON, {row['mode']} {row['path']}: valid obj/s "
-            f"{_num(row['valid_objects_per_s'])}x, tokens per valid object {_num(tokens[0], 1)} vs "
+            f"{_spread(row, 'valid_objects_per_s')}x, tokens per valid object {_num(tokens[0], 1)} vs "
             f"{_num(tokens[1], 1)}, validity {_num(row['validity'][0])} vs {_num(row['validity'][1])}"
         )
     for path in ("raw", "package"):
         if online := [r for r in comparisons.get("online_vs_offline", []) if r["path"] == path]:
-            parts = ", ".join(f"{r['workload']} {_num(r['requests_per_s'])}x" for r in online)
+            parts = ", ".join(f"{r['workload']} {_spread(r, 'requests_per_s')}x" for r in online)
             out.append(f"- Online vs offline ({path} path, requests/s at the main load): {parts}")
     for row in comparisons.get("backends", []):
         out.append(
             f"- Backend {row['backend']} vs {row['versus']}, {row['mode']} {row['path']} {row['workload']}: "
-            f"valid obj/s {_num(row['valid_objects_per_s'])}x, validity {_num(row['validity'][0])} vs "
+            f"valid obj/s {_spread(row, 'valid_objects_per_s')}x, validity {_num(row['validity'][0])} vs "
             f"{_num(row['validity'][1])}"
         )
     return "\n".join(out) + "\n"
@@ -151,6 +178,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"after {scenario['warmup']} warm-up, max_tokens {scenario['max_tokens']}, temperature "
         f"{scenario['temperature']}, seed {scenario['seed']}.\n"
     )
+    if scenario.get("repeat", 1) > 1:
+        head += (
+            f"\nEvery run was repeated {scenario['repeat']} times (plan order alternated): rates and ratios "
+            "are medians, with min-max in brackets.\n"
+        )
     if results.get("engine_options"):
         options = ", ".join(f"{k}={v}" for k, v in results["engine_options"].items())
         head += f"\nEngines and servers started by the benchmark: {options}.\n"

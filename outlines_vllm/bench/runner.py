@@ -47,15 +47,23 @@ def _plan(scenario: Scenario, mode: str) -> list[dict[str, Any]]:
         ]
 
     if mode == "offline":
-        return [run for workload in scenario.workloads for run in runs(workload, None)]
-    plan = [run for workload in scenario.workloads for run in runs(workload, scenario.concurrency)]
-    for workload in scenario.sweep.get("workloads", []):
-        for level in scenario.sweep.get("concurrency", []):
-            if level != scenario.concurrency and workload in scenario.workloads:
-                plan += runs(workload, level)
-    if scenario.rate:
-        plan += runs("json_fixed", scenario.concurrency * 4, scenario.rate)
-    return plan
+        plan = [run for workload in scenario.workloads for run in runs(workload, None)]
+    else:
+        plan = [run for workload in scenario.workloads for run in runs(workload, scenario.concurrency)]
+        for workload in scenario.sweep.get("workloads", []):
+            for level in scenario.sweep.get("concurrency", []):
+                if level != scenario.concurrency and workload in scenario.workloads:
+                    plan += runs(workload, level)
+        if scenario.rate:
+            plan += runs("json_fixed", scenario.concurrency * 4, scenario.rate)
+    if scenario.repeat == 1:
+        return plan
+    # Repetitions run the plan forwards, then backwards, ...: no run always comes first or last.
+    return [
+        run | {"repeat": k, "repeats": scenario.repeat}
+        for k in range(scenario.repeat)
+        for run in (plan if k % 2 == 0 else plan[::-1])
+    ]
 
 
 def _workloads(scenario: Scenario, plan: list[dict[str, Any]], mode: str) -> Iterator[tuple[dict, Workload]]:

@@ -47,6 +47,7 @@ class Scenario:
     )
     rate: float | None = None  # Poisson arrivals per second for an extra json_fixed run online
     backends: list[str] = field(default_factory=lambda: ["auto"])
+    repeat: int = 1  # every measured run this many times (order alternated): ratios get a spread
     jsonschemabench: dict[str, Any] = field(
         default_factory=lambda: {"sets": ["Glaiveai2K", "Github_easy"], "schemas": 32}
     )
@@ -57,8 +58,8 @@ class Scenario:
             raise ValueError(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
         if set(self.paths) - {"raw", "package"} or set(self.modes) - {"online", "offline"}:
             raise ValueError("paths are 'raw'/'package' and modes 'online'/'offline'")
-        if self.requests < 1 or self.warmup < 0 or self.max_tokens < 1:
-            raise ValueError("requests >= 1, warmup >= 0 and max_tokens >= 1 are required")
+        if self.requests < 1 or self.warmup < 0 or self.max_tokens < 1 or self.repeat < 1:
+            raise ValueError("requests >= 1, warmup >= 0, max_tokens >= 1 and repeat >= 1 are required")
 
     @classmethod
     def load(cls, source: str | Path | None = None, **overrides: Any) -> Scenario:

@@ -121,6 +121,50 @@ def _rates(run: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def comparisons(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The ratios of each repetition (``_comparisons``); with ``repeat`` > 1, each ratio is the
+    median over the repetitions, with its ``spread`` (min, max) and the number of ``repeats``."""
+    repeats = sorted({run.get("repeat", 0) for run in runs})
+    if len(repeats) <= 1:
+        return _comparisons(runs)
+    each = [_comparisons([r for r in runs if r.get("repeat", 0) == k]) for k in repeats]
+    return {name: _merge([found[name] for found in each]) for name in each[0]}
+
+
+def _merge(repetitions: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per comparison: text labels kept, numbers -> median + min-max, pairs elementwise."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rows in repetitions:
+        for row in rows:
+            key = tuple((k, v) for k, v in row.items() if isinstance(v, str))
+            groups.setdefault(key, []).append(row)
+    merged = []
+    for key, rows in groups.items():
+        out: dict[str, Any] = dict(key)
+        spread: dict[str, list[float]] = {}
+        for name, first in rows[0].items():
+            if isinstance(first, str):
+                continue
+            values = [row.get(name) for row in rows]
+            if isinstance(first, tuple | list):
+                out[name] = tuple(_median([v[i] for v in values if v is not None]) for i in range(len(first)))
+                continue
+            numbers = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+            out[name] = _median(numbers)
+            if numbers:
+                spread[name] = [min(numbers), max(numbers)]
+        merged.append(out | {"spread": spread, "repeats": len(rows)})
+    return merged
+
+
+def _median(values: list[float | None]) -> float | None:
+    numbers = sorted(v for v in values if v is not None)
+    if not numbers:
+        return None
+    mid = len(numbers) // 2
+    return numbers[mid] if len(numbers) % 2 else (numbers[mid - 1] + numbers[mid]) / 2
+
+
+def _comparisons(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The ratios the report leads with, between main runs (each mode's main setting).
 
     - constrained vs unconstrained: ``json_fixed`` over the ``none`` baseline on the same prompts;

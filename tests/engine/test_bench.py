@@ -59,8 +59,9 @@ def _check(document: dict, mode: str) -> None:
             assert answer["valid"] == (not truncated and _schema_says(run["workload"], answer["text"]))
         if run["workload"] == "json_fixed":
             assert run["valid"] >= 2  # constrained JSON on the default model is valid
-        if run["path"] == "raw" or mode == "online":  # the package offline returns text only
-            assert run["ttft_s"]["p50"] > 0
+        assert run["ttft_s"]["p50"] > 0  # offline package runs too: the engine's request stats
+        if run["workload"] == "json_fixed":
+            assert run["tpot_s"]["p50"] > 0
     overhead = [c for c in document["comparisons"]["package_overhead"] if c["mode"] == mode]
     assert overhead and all(c["overhead_ratio"] > 0 for c in overhead)
     assert any(c["workload"].startswith("all") for c in overhead)
@@ -90,3 +91,33 @@ def test_tiny_offline_benchmark_writes_a_complete_consistent_report(llm, tiny, t
     document = json.loads(files["json"].read_text())
     _check(document, "offline")
     assert "Overhead of this package vs the raw path, offline" in files["markdown"].read_text()
+
+
+def test_repeated_offline_runs_report_median_ratios_with_their_spread(llm, tiny, tmp_path):
+    scenario = Scenario.load("tiny", workloads=["json_fixed", "none"], repeat=2)
+    summaries = run_offline(llm, scenario)
+    assert sorted({(r["repeat"], r["path"], r["workload"]) for r in summaries}) == [
+        (k, p, w) for k in (0, 1) for p in ("package", "raw") for w in ("json_fixed", "none")
+    ]
+    files = write(results(summaries, scenario, model=llm.llm_engine.model_config.model), tmp_path)
+    document = json.loads(files["json"].read_text())
+    overhead = [c for c in document["comparisons"]["package_overhead"] if c["workload"] == "json_fixed"]
+    assert overhead[0]["repeats"] == 2
+    low, high = overhead[0]["spread"]["overhead_ratio"]
+    assert low <= overhead[0]["overhead_ratio"] <= high
+    assert "repeated 2 times" in files["markdown"].read_text()
+
+
+def test_compliance_judges_real_schemas_through_the_engine(llm, tmp_path):
+    from outlines_vllm.bench import compliance
+    from outlines_vllm.bench.paths import Sampling
+
+    rows = compliance.sample(["Github_trivial", "Glaiveai2K"], 2, seed=0)
+    records = compliance.run(llm, rows, "auto", Sampling(256, 0.0, 0))
+    assert [(r["set"], r["id"]) for r in records] == [(r["set"], r["id"]) for r in rows]
+    table = compliance.aggregate(records)["auto"]
+    assert table["all"]["schemas"] == 4
+    assert table["all"]["accepted"] >= 1 and table["all"]["valid"] >= 1
+    for record in records:
+        if record["accepted"] and record["judged"]:
+            assert record["valid"] == (not record["truncated"] and record["reason"] is None)

@@ -298,7 +298,7 @@ def test_a_schema_the_server_rejects_raises_with_its_400_message(model):
 
 async def test_a_rejected_stream_raises_before_any_chunk(async_openai_client):
     model = from_vllm(async_openai_client)
-    with pytest.raises(ConstraintRejectedError, match="(?i)look-?around|lookahead"):
+    with pytest.raises(ConstraintRejectedError, match=r"(?i)look-?around|lookahead"):
         async for _ in model.stream("Hi", Regex("(?=a)a+"), max_tokens=5):
             pass
 

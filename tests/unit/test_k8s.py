@@ -230,9 +230,10 @@ def test_api_key_comes_from_a_secret_never_from_the_manifests(built: dict) -> No
 
 
 def test_server_flags_parse_with_vllms_own_parser_and_port_matches(built: dict) -> None:
-    from outlines_vllm.launch import STRUCTURED_OUTPUTS_CONFIG
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from outlines_vllm.launch import STRUCTURED_OUTPUTS_CONFIG
 
     for overlay in ("plain", "plain-hpa"):
         objects = built[overlay]

@@ -1,0 +1,198 @@
+"""``outlines-vllm bench compliance``: per JSONSchemaBench set and backend, through a real engine,
+the share of sampled schemas the engine accepts and the share of its answers that are valid
+(JSONSchemaBench's coverage and compliance), truncated answers counted apart.
+
+Each schema is sent as plain ``structured_outputs.json`` (what any vLLM client sends) to an
+embedded engine started with that backend, with a prompt showing the schema; answers are
+judged by ``validate.judge`` (jsonschema, and never at the token limit).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from ..datasets import JSONSCHEMABENCH_SETS, jsonschemabench
+from .paths import Record, Sampling, _error
+from .validate import judge
+
+PROMPT = "Generate one realistic JSON instance of this JSON schema. Reply with the JSON only.\n"
+
+
+def sample(sets: list[str], per_set: int, seed: int) -> list[dict[str, Any]]:
+    """``per_set`` schemas of each set (seeded), as ``{"set", "id", "schema"}``."""
+    if unknown := [s for s in sets if s not in JSONSCHEMABENCH_SETS]:
+        raise ValueError(f"unknown JSONSchemaBench sets {unknown}; choose from {list(JSONSCHEMABENCH_SETS)}")
+    rng = random.Random(seed)
+    chosen = []
+    for name in sets:
+        rows = jsonschemabench(name)
+        chosen += [{"set": name, **row} for row in rng.sample(rows, min(per_set, len(rows)))]
+    return chosen
+
+
+def _check(schema: dict[str, Any]) -> Any:
+    """The spec answers are judged by, or None when the schema cannot judge anything."""
+    from ..types import output_spec
+
+    try:
+        return output_spec(schema, compact=False)
+    except Exception:
+        return None
+
+
+def _generate(llm: Any, rows: list[dict[str, Any]], sampling: Sampling) -> list[Record]:
+    """One engine call for all rows; when the engine refuses the batch (one bad schema aborts
+    it), each row alone, so only the refused ones fail."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    def params(row: dict[str, Any]) -> Any:
+        return SamplingParams(
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            seed=sampling.seed,
+            structured_outputs=StructuredOutputsParams(json=row["schema"]),
+        )
+
+    def call(batch: list[dict[str, Any]]) -> list[Record]:
+        messages = [[{"role": "user", "content": PROMPT + json.dumps(r["schema"])}] for r in batch]
+        outputs = llm.chat(messages, [params(r) for r in batch], use_tqdm=False)
+        return [Record(True, o.outputs[0].text, o.outputs[0].finish_reason) for o in outputs]
+
+    try:
+        return call(rows)
+    except Exception:
+        if len(rows) == 1:
+            raise
+    records = []
+    for row in rows:
+        try:
+            records += call([row])
+        except Exception as exc:
+            records.append(Record(False, error=_error(exc)))
+    return records
+
+
+def run(llm: Any, rows: list[dict[str, Any]], backend: str, sampling: Sampling) -> list[dict[str, Any]]:
+    """One record per row: ``accepted`` by the engine, and for accepted ones the verdict."""
+    from tqdm.auto import tqdm
+
+    records = []
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    for name in tqdm(sets, desc=f"compliance {backend}", unit="set"):
+        mine = [r for r in rows if r["set"] == name]
+        for row, record in zip(mine, _generate(llm, mine, sampling), strict=True):
+            out = {"set": name, "id": row["id"], "backend": backend, "accepted": record.ok}
+            if not record.ok:
+                records.append(out | {"error": record.error})
+                continue
+            check = _check(row["schema"])
+            verdict = judge(check, record.text, record.finish_reason) if check else None
+            records.append(
+                out
+                | {
+                    "finish_reason": record.finish_reason,
+                    "valid": bool(verdict and verdict.valid),
+                    "truncated": bool(verdict and verdict.truncated),
+                    "judged": check is not None,
+                    "reason": verdict.reason if verdict else "schema cannot be checked",
+                    "text": record.text[:2000],
+                }
+            )
+    return records
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per backend and set (and ``all``): schemas, accepted, valid, invalid, truncated, shares.
+    ``valid_share`` is over accepted schemas (compliance), ``accepted_share`` over all (coverage)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for backend in dict.fromkeys(r["backend"] for r in records):
+        mine = [r for r in records if r["backend"] == backend]
+        groups = {
+            name: [r for r in mine if r["set"] == name] for name in dict.fromkeys(r["set"] for r in mine)
+        }
+        out[backend] = {name: _counts(rows) for name, rows in {**groups, "all": mine}.items()}
+    return out
+
+
+def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    accepted = [r for r in rows if r["accepted"]]
+    valid = sum(r["valid"] for r in accepted)
+    truncated = sum(r["truncated"] for r in accepted)
+    return {
+        "schemas": len(rows),
+        "accepted": len(accepted),
+        "valid": valid,
+        "truncated": truncated,
+        "invalid": len(accepted) - valid - truncated,
+        "accepted_share": len(accepted) / len(rows) if rows else None,
+        "valid_share": valid / len(accepted) if accepted else None,
+    }
+
+
+def _sets(table: dict[str, dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(s for per_set in table.values() for s in per_set if s != "all"))
+
+
+def markdown(document: dict[str, Any]) -> str:
+    table = document["results"]
+    backends = list(table)
+    sets = [*_sets(table), "all"]
+    head = "| set | " + " | ".join(f"{b}: accepted / valid (truncated)" for b in backends) + " |"
+    rows = [head, "|---|" + "---|" * len(backends)]
+    for name in sets:
+        cells = []
+        for backend in backends:
+            c = table[backend].get(name)
+            cells.append(
+                f"{c['accepted']}/{c['schemas']} / {c['valid']}/{c['accepted']} ({c['truncated']})"
+                if c
+                else "-"
+            )
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    o = document["options"]
+    return (
+        "# Compliance per JSONSchemaBench set (through the engine)\n\n"
+        f"`{document.get('command')}`\n\n"
+        f"{o['per_set']} schemas per set (seed {o['seed']}), sent as plain `structured_outputs.json` to an "
+        f"embedded engine per backend on `{Path(document['model']).name}`; max_tokens {o['max_tokens']}, "
+        f"temperature {o['temperature']}. Accepted: the engine took the request (coverage). Valid: the "
+        "answer passes the schema (jsonschema) and did not stop at max_tokens (compliance, over accepted "
+        "schemas); truncated answers are counted apart, in brackets.\n\n" + "\n".join(rows) + "\n"
+    )
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = document["results"]
+    sets = _sets(table)
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(len(table), 1)
+    for i, (backend, per_set) in enumerate(table.items()):
+        counts = [per_set.get(s) or {"valid": 0, "schemas": 0} for s in sets]
+        shares = [100 * c["valid"] / c["schemas"] if c["schemas"] else 0 for c in counts]
+        ax.bar([x + i * width for x in range(len(sets))], shares, width, label=backend)
+    ax.set_xticks([x + width * (len(table) - 1) / 2 for x in range(len(sets))], sets, rotation=30, ha="right")
+    ax.set_ylabel("% of sampled schemas with a valid answer")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("JSONSchemaBench: valid answers per set and backend (engine, default model)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def publish(document: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(document))
+    plot(document, out / "compliance.png")
+    print(markdown(document))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'compliance.png'}")

@@ -1,0 +1,85 @@
+"""``bench compliance``: sampling is seeded, shares are over the right totals, truncations apart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from outlines_vllm.bench import compliance
+
+
+def test_sample_is_seeded_per_set() -> None:
+    rows = compliance.sample(["Github_trivial", "Kubernetes"], 3, seed=1)
+    assert [r["id"] for r in rows] == [
+        r["id"] for r in compliance.sample(["Github_trivial", "Kubernetes"], 3, seed=1)
+    ]
+    assert [r["set"] for r in rows] == ["Github_trivial"] * 3 + ["Kubernetes"] * 3
+    with pytest.raises(ValueError, match="unknown JSONSchemaBench sets"):
+        compliance.sample(["Github_nightmare"], 1, seed=0)
+
+
+RECORDS = [
+    {
+        "set": "Kubernetes",
+        "id": "a",
+        "backend": "xgrammar",
+        "accepted": True,
+        "valid": True,
+        "truncated": False,
+    },
+    {
+        "set": "Kubernetes",
+        "id": "b",
+        "backend": "xgrammar",
+        "accepted": True,
+        "valid": False,
+        "truncated": True,
+    },
+    {"set": "Kubernetes", "id": "c", "backend": "xgrammar", "accepted": False, "error": "400"},
+    {
+        "set": "Snowplow",
+        "id": "d",
+        "backend": "xgrammar",
+        "accepted": True,
+        "valid": False,
+        "truncated": False,
+    },
+    {
+        "set": "Kubernetes",
+        "id": "a",
+        "backend": "guidance",
+        "accepted": True,
+        "valid": True,
+        "truncated": False,
+    },
+]
+
+
+def test_aggregate_counts_coverage_and_compliance_apart(tmp_path) -> None:
+    table = compliance.aggregate(RECORDS)
+    k8s = table["xgrammar"]["Kubernetes"]
+    assert (k8s["schemas"], k8s["accepted"], k8s["valid"], k8s["truncated"], k8s["invalid"]) == (
+        3,
+        2,
+        1,
+        1,
+        0,
+    )
+    assert k8s["accepted_share"] == pytest.approx(2 / 3)
+    assert k8s["valid_share"] == 0.5
+    assert table["xgrammar"]["all"]["invalid"] == 1
+    assert table["guidance"]["all"]["valid_share"] == 1.0
+    document = {
+        "command": "outlines-vllm bench compliance",
+        "model": "/m/SmolLM2",
+        "options": {"per_set": 3, "seed": 0, "max_tokens": 512, "temperature": 0.0},
+        "results": table,
+        "records": RECORDS,
+    }
+    compliance.publish(document, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "| Kubernetes | 2/3 / 1/2 (1) | 1/1 / 1/1 (0) |" in text
+    assert "| Snowplow | 1/1 / 0/1 (0) | - |" in text
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == table
+    assert (tmp_path / "compliance.png").stat().st_size > 1000
