@@ -86,10 +86,10 @@ async def test_a_grammar_the_engine_cannot_compile_is_rejected_by_the_async_engi
 
 
 def test_a_regex_the_backend_refuses_is_constraint_rejected_online_and_offline(openai_client, llm):
-    with pytest.raises(ConstraintRejectedError, match=r"(?i)look-?around") as online:
+    with pytest.raises(ConstraintRejectedError, match=r"(?i)look-?around|lookahead") as online:
         from_vllm(openai_client)("Hi", Regex("(?=a)a+"), max_tokens=5)
     assert online.value.status_code == 400
-    with pytest.raises(ConstraintRejectedError, match=r"(?i)look-?around") as offline:
+    with pytest.raises(ConstraintRejectedError, match=r"(?i)look-?around|lookahead") as offline:
         from_vllm_offline(llm)("Hi", Regex("(?=a)a+"), max_tokens=5)
     assert offline.value.status_code is None
 
@@ -107,7 +107,7 @@ def keyed_server(model_path, tmp_path_factory):
         log_path=log,
         env={"VLLM_CPU_OMP_THREADS_BIND": "0"},
     )
-    server.start()
+    server.start(timeout=900)  # about 40 s on an idle machine; far more beside other engines
     try:
         yield server
     finally:
