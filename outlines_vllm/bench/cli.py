@@ -37,9 +37,34 @@ def add_parser(commands: Any) -> None:
     _common(local)
     local.set_defaults(run=_local)
 
+    serving = modes.add_parser(
+        "serving",
+        help="the Ray Serve app's cost: one replica, direct vs through the app, alternating",
+        description="Deploy the Ray Serve app with one replica and send the same streamed load to the "
+        "replica's own engine endpoint and through the app, alternating, at each concurrency.",
+    )
+    serving.add_argument(
+        "--model", default="default", help="'default', 'tiny' (dummy weights, made on the fly) or a folder"
+    )
+    serving.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    serving.add_argument("--repeats", type=int, default=3, help="runs per path and concurrency")
+    serving.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        help="requests per run, one per concurrency (default 8 at c=1, 3c else)",
+    )
+    serving.add_argument("--max-tokens", type=int, default=48)
+    serving.add_argument("--prompt-words", type=int, default=48)
+    serving.add_argument("--port", type=int, default=8000, help="the app's HTTP port")
+    serving.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "serving-latest")
+    serving.set_defaults(run=_serving)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", default="default", help="scenario file, or a shipped name: default, full, tiny")
+    parser.add_argument(
+        "--scenario", default="default", help="scenario file, or a shipped name: default, full, tiny"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results and plots")
     parser.add_argument("--requests", type=int, help="measured requests per run")
     parser.add_argument("--warmup", type=int, help="warm-up requests per run (not counted)")
@@ -109,3 +134,17 @@ def _local(args: argparse.Namespace) -> int:
     modes = ["offline"] if args.offline_only else None
     scenario = _scenario(args, modes=modes, backends=args.backend)
     return _finish(run_local(model, scenario), scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)
+
+
+def _serving(args: argparse.Namespace) -> int:
+    from ..server.app import DESIGN
+    from .serving import Plan, run
+
+    requests = {c: (8 if c == 1 else 3 * c) for c in args.concurrency}
+    if args.requests:
+        if len(args.requests) != len(args.concurrency):
+            raise SystemExit("outlines-vllm bench serving: give one --requests value per --concurrency level")
+        requests = dict(zip(args.concurrency, args.requests, strict=True))
+    plan = Plan(args.concurrency, args.repeats, requests, args.max_tokens, args.prompt_words)
+    run(args.model, plan, args.out, port=args.port, design=DESIGN, command=command_line())
+    return 0

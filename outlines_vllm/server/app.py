@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ray.serve import Application
@@ -18,6 +18,8 @@ from ray.serve import Application
 from .config import AppConfig, ModelConfig
 
 APP_NAME = "outlines-vllm"
+# What a request crosses, as the serving benchmark labels its results.
+DESIGN = "proxy -> ingress replica -> engine replica -> vLLM subprocess (httpx)"
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
@@ -95,13 +97,27 @@ def run(
     config: AppConfig, *, host: str = "0.0.0.0", port: int = 8000, ray_address: str | None = None
 ) -> None:
     """Start (or join) Ray, deploy the app, serve until SIGINT/SIGTERM, then drain and stop."""
+    stop = threading.Event()
+    with deployed(config, host=host, port=port, ray_address=ray_address):
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+            signal.signal(sig, lambda *_: stop.set())
+        names = [m.served_name for m in config.models]
+        print(f"outlines-vllm: serving {names} at http://{host}:{port}/v1 (metrics at /metrics)", flush=True)
+        while not stop.wait(1.0):
+            pass
+        print("outlines-vllm: draining in-flight requests and stopping...", flush=True)
+
+
+@contextlib.contextmanager
+def deployed(
+    config: AppConfig, *, host: str = "0.0.0.0", port: int = 8000, ray_address: str | None = None
+) -> Iterator[None]:
+    """The app deployed and healthy for the ``with`` body (Ray started or joined), then drained
+    and, when this call started Ray, Ray stopped. ``run`` and ``bench serving`` use it."""
     import ray
     from ray import serve
 
     ray.init(address=ray_address, include_dashboard=False, logging_level="warning")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
-        signal.signal(sig, lambda *_: stop.set())
     own_cluster = ray_address is None
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -112,10 +128,7 @@ def run(
         _with_progress(
             lambda: serve.run(app, name=APP_NAME, route_prefix="/"), config, f"http://{local}:{port}/health"
         )
-        print(f"outlines-vllm: serving {names} at http://{host}:{port}/v1 (metrics at /metrics)", flush=True)
-        while not stop.wait(1.0):
-            pass
-        print("outlines-vllm: draining in-flight requests and stopping...", flush=True)
+        yield
     finally:
         # Deleting the app first drains it: the proxy still delivers in-flight responses while
         # Serve waits for every replica's requests (serve.shutdown() would drop the proxy first).

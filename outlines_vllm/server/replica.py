@@ -140,6 +140,11 @@ class EngineReplica:
             else:  # the SSE stream already began: end it with an error event the SDKs raise
                 yield b"data: " + self._failed(exc) + b"\n\n"
 
+    def engine_url(self) -> str:
+        """This replica's engine's own OpenAI endpoint (loopback, on the replica's node): the
+        "direct" path ``bench serving`` compares the app against."""
+        return self.server.base_url
+
     async def check_health(self) -> None:
         """Serve calls this every ``health_check_period_s``; raising makes it replace the replica."""
         code = self.server.process.poll() if self.server.process else -1
