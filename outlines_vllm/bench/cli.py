@@ -57,6 +57,12 @@ def add_parser(commands: Any) -> None:
     serving.add_argument("--max-tokens", type=int, default=48)
     serving.add_argument("--prompt-words", type=int, default=48)
     serving.add_argument("--port", type=int, default=8000, help="the app's HTTP port")
+    serving.add_argument(
+        "--proxy",
+        default="haproxy",
+        choices=["haproxy", "serve"],
+        help="the HTTP proxy in front of the replicas",
+    )
     serving.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "serving-latest")
     serving.set_defaults(run=_serving)
 
@@ -146,5 +152,5 @@ def _serving(args: argparse.Namespace) -> int:
             raise SystemExit("outlines-vllm bench serving: give one --requests value per --concurrency level")
         requests = dict(zip(args.concurrency, args.requests, strict=True))
     plan = Plan(args.concurrency, args.repeats, requests, args.max_tokens, args.prompt_words)
-    run(args.model, plan, args.out, port=args.port, design=DESIGN, command=command_line())
+    run(args.model, plan, args.out, port=args.port, design=DESIGN, command=command_line(), proxy=args.proxy)
     return 0

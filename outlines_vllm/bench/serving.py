@@ -443,6 +443,7 @@ def run(
     design: str = "",
     command: str = "",
     replica_cpus: float = 1,
+    proxy: str = "haproxy",
 ) -> dict[str, Any]:
     """Deploy the app (one replica of ``model``: ``default``, ``tiny`` or a folder), measure, report."""
     import tempfile
@@ -470,7 +471,7 @@ def run(
             }
         ]
     )
-    with deployed(config, host="127.0.0.1", port=port):
+    with deployed(config, host="127.0.0.1", port=port, proxy=proxy):
         handle = serve.get_deployment_handle(config.models[0].deployment_name, APP_NAME)
         urls = {"direct": handle.engine_url.remote().result(), "app": f"http://127.0.0.1:{port}"}
         print(f"direct: {urls['direct']}  app: {urls['app']}", flush=True)
@@ -481,7 +482,7 @@ def run(
         "label": f"{kind} model",
         "model_kind": kind,
         "model_name": Path(model).name if kind == "real" else "tiny (dummy weights)",
-        "design": design,
+        "design": design + (f", proxy: {proxy}" if proxy else ""),
         "command": command,
         "environment": env,
         "plan": plan.__dict__ | {"requests": {str(k): v for k, v in plan.requests.items()}},

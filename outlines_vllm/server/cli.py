@@ -35,6 +35,12 @@ def add_parser(commands: Any) -> None:
     serve.add_argument(
         "--ray-address", help="join this Ray cluster ('auto' for the local one) instead of starting Ray"
     )
+    serve.add_argument(
+        "--proxy",
+        default="haproxy",
+        choices=["haproxy", "serve"],
+        help="HTTP proxy in front of the replicas when this command starts Ray (default haproxy)",
+    )
     serve.add_argument("vllm_args", nargs="*", help="after '--': extra vLLM server flags")
     serve.set_defaults(run=run)
 
@@ -64,5 +70,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from .app import run as run_app
 
-    run_app(config_from_args(args), host=args.host, port=args.port, ray_address=args.ray_address)
+    run_app(
+        config_from_args(args), host=args.host, port=args.port, ray_address=args.ray_address, proxy=args.proxy
+    )
     return 0
