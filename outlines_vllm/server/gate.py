@@ -132,17 +132,26 @@ class Gate:
 
         status = 500
         whole: list[bytes] = []
+        failed: list[bytes] = []  # a constrained request's 5xx body, held back (see below)
 
         async def observe(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            elif message["type"] == "http.response.body" and status == 200:
+                if status >= 500 and info.kind != "none":
+                    return  # sent (as a 4xx if the engine is fine) once the body is in
+            elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
-                if info.stream:
-                    observation.sse(chunk)
-                else:
-                    whole.append(chunk)
+                if failed or (status >= 500 and info.kind != "none"):
+                    failed.append(chunk)
+                    if not message.get("more_body"):
+                        status = await self.constraint_failed(send, status, b"".join(failed), info.kind)
+                    return
+                if status == 200:
+                    if info.stream:
+                        observation.sse(chunk)
+                    else:
+                        whole.append(chunk)
             await send(message)
 
         scope = dict(scope)
@@ -154,6 +163,24 @@ class Gate:
             if whole:
                 observation.response(b"".join(whole))
             observation.record(status)
+
+    async def constraint_failed(self, send: Send, status: int, body: bytes, kind: str) -> int:
+        """vLLM answered a constrained request with a 5xx. When the engine is still healthy the
+        failure was this request's constraint (e.g. xgrammar cannot compile a schema): that is
+        the client's to fix, so it becomes a 400 naming the constraint. Returns the status sent."""
+        if self.host.unavailable():
+            await respond(send, status, body)
+            return status
+        try:
+            detail = json.loads(body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = body.decode(errors="replace")[:500]
+        message = (
+            f"the engine could not use this request's {kind} constraint ({detail}); simplify the "
+            "schema, regex or grammar (or send it as another constraint kind)"
+        )
+        await respond(send, 400, json.dumps(BadRequest(400, message, "structured_outputs").body()).encode())
+        return 400
 
     async def read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body_bytes

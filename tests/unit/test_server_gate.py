@@ -31,6 +31,15 @@ class FakeHost:
     async def vllm_app(self, scope: dict, receive: Any, send: Any) -> None:
         body = (await receive())["body"]
         self.seen.append(body)
+        if b"BOOM" in body:  # what vLLM 0.32 answers when xgrammar fails to compile a schema
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b'{"error": {"message": "Check failed: per_rule_fsm_hashes"}}',
+                }
+            )
+            return
         if json.loads(body).get("stream"):
             await send({"type": "http.response.start", "status": 200, "headers": []})
             for chunk in SSE:
@@ -139,3 +148,15 @@ def test_a_dead_engine_gets_503_which_clients_retry() -> None:
     host.dead = True
     status, body = request(Gate(host, None, 1 << 20), "/v1/completions", {"model": "a", "prompt": "x"})
     assert status == 503 and b"retry" in body and host.seen == []
+
+
+def test_a_constraint_the_engine_cannot_compile_is_a_400_naming_it_while_the_engine_is_healthy() -> None:
+    host = FakeHost()
+    gate = Gate(host, None, 1 << 20)
+    body = {"model": "a", "prompt": "x", "structured_outputs": {"json": {"type": "object", "title": "BOOM"}}}
+    status, reply = request(gate, "/v1/completions", body)
+    message = json.loads(reply)["error"]["message"]
+    assert status == 400 and "json constraint" in message and "per_rule_fsm_hashes" in message
+    host.dead = False
+    unconstrained = request(gate, "/v1/completions", {"model": "a", "prompt": "BOOM"})
+    assert unconstrained[0] == 500  # not the client's fault: stays a 5xx
