@@ -72,7 +72,7 @@ class ModelConfig(BaseModel):
 
 
 class AppConfig(BaseModel):
-    """The whole app: its models, and the ingress's security and health settings.
+    """The whole app: its models, and the security and health settings every replica applies.
 
     A single-model shorthand is accepted: ``{"model": ..., "replicas": 2}`` means
     ``{"models": [{"model": ..., "replicas": 2}]}``.
@@ -87,7 +87,6 @@ class AppConfig(BaseModel):
     health_check_timeout_s: float = Field(10.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description="drain time for in-flight requests")
     metrics_push_period_s: float = Field(2.0, gt=0, description="how often replicas publish vllm: metrics")
-    route_retries: int = Field(3, ge=0, description="re-routes when a replica's engine is unreachable")
 
     @model_validator(mode="before")
     @classmethod

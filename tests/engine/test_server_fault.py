@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import psutil
 
+from outlines_vllm.server.reaper import OWNER_ENV
 from tests.ray_app import SERVED_NAME
 
 TOTAL = 100
@@ -63,3 +64,50 @@ def test_engine_killed_under_load_is_replaced_and_requests_succeed(ray_server: A
     print(
         f"{ok}/{TOTAL} requests succeeded; the killed replica was replaced in {time.monotonic() - killed_at:.0f} s"
     )
+
+
+def test_the_proxy_restarting_under_load_loses_at_most_the_requests_in_flight_there(ray_server: Any) -> None:
+    """SIGKILL the app's HTTP proxy (HAProxy) while 8 clients send requests with the openai SDK's
+    default retries: at most the requests in flight through it then fail; Serve starts a new one."""
+    proxies = [
+        p
+        for p in psutil.process_iter(["name", "environ"])
+        if p.info["name"] == "haproxy" and (p.info["environ"] or {}).get(OWNER_ENV) == ray_server.owner
+    ]
+    assert proxies, "no HAProxy process of this app (outlines-vllm serve --proxy haproxy is the default)"
+    client = openai.OpenAI(base_url=ray_server.base_url + "/v1", api_key=ray_server.api_key)
+    lock = threading.Lock()
+    in_flight = 0
+    killed_with: int | None = None
+    done = threading.Semaphore(0)
+
+    def one(i: int) -> bool:
+        nonlocal in_flight
+        with lock:
+            in_flight += 1
+        try:
+            response = client.completions.create(model=SERVED_NAME, prompt=f"{i}:", max_tokens=8)
+            return bool(response.choices)
+        except openai.OpenAIError:
+            return False
+        finally:
+            with lock:
+                in_flight -= 1
+            done.release()
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(60)]
+        for _ in range(KILL_AFTER):
+            done.acquire()
+        with lock:
+            killed_with = in_flight
+            for proxy in proxies:
+                with contextlib.suppress(psutil.Error):
+                    proxy.kill()
+        failed = sum(not f.result() for f in futures)
+    assert killed_with is not None and failed <= killed_with, f"{failed} failed, {killed_with} were in flight"
+    deadline = time.monotonic() + 60
+    while ray_server.healthy_replicas() != 2:
+        assert time.monotonic() < deadline, "the proxy did not come back within 60 s"
+        time.sleep(1)
+    print(f"proxy killed with {killed_with} requests in flight: {failed} of 60 failed")
