@@ -17,7 +17,7 @@ from outlines_vllm.server.cli import config_from_args
 from outlines_vllm.server.config import AppConfig, ModelConfig
 from outlines_vllm.server.exposition import merge
 from outlines_vllm.server.observe import Observation
-from outlines_vllm.server.replica import cpu_cores, vllm_argv
+from outlines_vllm.server.replica import cpu_cores, parse_vllm_args, vllm_argv
 from outlines_vllm.server.validation import CHAT, COMPLETIONS, BadRequest, inspect_request
 
 CONFIG = Path(__file__).resolve().parents[2] / "server" / "serve-config.yaml"
@@ -226,6 +226,12 @@ def test_engine_options_reach_vllm_through_engine_kwargs(monkeypatch: pytest.Mon
     assert argv[:4] == ["--model", "/m", "--served-model-name", "x"]
     assert argv[-2:] == ["--seed", "1"]
     assert "--project-default" in argv and argv[argv.index("--max-num-seqs") + 1] == "8"
+    monkeypatch.undo()
+    so = {"backend": "xgrammar", "disable_any_whitespace": True}  # a config object: JSON for vLLM
+    argv = vllm_argv(ModelConfig(model="m", engine={"structured_outputs_config": so}), "/m")
+    assert json.loads(argv[argv.index("--structured-outputs-config") + 1]) == so
+    args = parse_vllm_args(argv)
+    assert args.structured_outputs_config.disable_any_whitespace is True
 
 
 def test_config_rejects_typos_and_duplicate_names() -> None:
