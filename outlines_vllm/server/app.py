@@ -160,6 +160,27 @@ def proxy_env(proxy: str) -> dict[str, str]:
     return {"RAY_SERVE_ENABLE_HA_PROXY": on, "RAY_SERVE_ENABLE_DIRECT_INGRESS": on}
 
 
+def private_haproxy_env() -> dict[str, str]:
+    """Ports and files of its own for the HAProxy of a Ray cluster this process starts (Serve's
+    defaults, :9101, :8404 and /tmp/haproxy-serve, collide when two apps run on one machine,
+    e.g. two test fixtures); variables already set win."""
+    import tempfile
+
+    from ..launch import free_port
+
+    folder = tempfile.mkdtemp(prefix="outlines-vllm-haproxy-")
+    env = {
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
+    }
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
 @contextlib.contextmanager
 def deployed(
     config: AppConfig,
@@ -178,6 +199,8 @@ def deployed(
     own_cluster = ray_address is None
     if own_cluster:  # read by the Serve controller and replicas, which inherit this environment
         os.environ.update(proxy_env(proxy))
+        if proxy == "haproxy":
+            os.environ.update(private_haproxy_env())
     ray.init(address=ray_address or "local", include_dashboard=False, logging_level="warning")
     try:
         serve.start(http_options={"host": host, "port": port})
