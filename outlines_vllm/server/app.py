@@ -46,14 +46,15 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         max_ongoing_requests=1000,
         logging_config={"enable_access_log": False},  # pushes every 2 s from every replica
     ).bind(ttl_s=max(10.0, 5 * config.metrics_push_period_s))
-    replica_class = serve.ingress()(EngineReplica)
 
-    def deployment(model: ModelConfig) -> Any:
-        return serve.deployment(replica_class, name=model.deployment_name, **engine_options(model, config))
+    def deployment(model: ModelConfig, cls: type) -> Any:
+        return serve.deployment(cls, name=model.deployment_name, **engine_options(model, config))
 
+    # Serve allows one HTTP (ASGI) deployment per app: the first model's. The others are
+    # reached through handles (``EngineReplica.serve_forwarded``), running the same gate.
     first, *rest = config.models
-    others = {m.served_name: deployment(m).bind(m, {}, hub, config) for m in rest}
-    return deployment(first).bind(first, others, hub, config)
+    others = {m.served_name: deployment(m, EngineReplica).bind(m, {}, hub, config) for m in rest}
+    return deployment(first, serve.ingress()(EngineReplica)).bind(first, others, hub, config)
 
 
 def engine_options(model: ModelConfig, config: AppConfig) -> dict[str, Any]:

@@ -179,6 +179,9 @@ def test_build_app_makes_the_first_models_deployment_the_ingress_and_routes_to_t
     assert model.served_name == "a" and [m.served_name for m in config.models] == ["a", "b"]
     assert {name: d._bound_deployment.name for name, d in others.items()} == {"b": "engine-b"}
     assert others["b"]._bound_deployment.init_args[1] == {}  # b serves only itself
+    # One HTTP (ASGI) deployment per app, as Serve requires: only the first model's.
+    assert hasattr(first.func_or_class, "_set_asgi_app")
+    assert not hasattr(others["b"]._bound_deployment.func_or_class, "_set_asgi_app")
     assert hub._bound_deployment.name == "metrics-hub"
 
 
