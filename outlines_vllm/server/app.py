@@ -169,7 +169,7 @@ def private_haproxy_env() -> dict[str, str]:
 
     from ..launch import free_port
 
-    folder = tempfile.mkdtemp(prefix="outlines-vllm-haproxy-")
+    folder = tempfile.mkdtemp(prefix="ovh", dir="/tmp")  # unix socket paths: at most 97 bytes
     env = {
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
