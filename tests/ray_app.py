@@ -91,7 +91,10 @@ class RayApp:
         status, body = self.get("/health")
         if status not in (200, 503) or not body:
             return {}
-        return {k: int(v) for k, v in json.loads(body).get("replicas", {}).items()}
+        try:
+            return {k: int(v) for k, v in json.loads(body).get("replicas", {}).items()}
+        except (ValueError, AttributeError):  # the proxy's own 503 page while no replica is up
+            return {}
 
     def healthy_replicas(self, model: str = SERVED_NAME) -> int:
         return self.replica_counts().get(model, 0)
