@@ -60,11 +60,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
 def engine_options(model: ModelConfig, config: AppConfig) -> dict[str, Any]:
     """Serve options of one model's deployment: resources, scaling, health, shutdown."""
     options: dict[str, Any] = {
-        "ray_actor_options": {
-            "num_cpus": model.replica_cpus,
-            "num_gpus": _gpus(model),
-            "runtime_env": {"env_vars": REPLICA_ENV_VARS},
-        },
+        "ray_actor_options": {"num_cpus": model.replica_cpus, "num_gpus": _gpus(model)},
         "max_ongoing_requests": model.max_ongoing_requests,
         "health_check_period_s": config.health_check_period_s,
         "health_check_timeout_s": config.health_check_timeout_s,
@@ -143,10 +139,6 @@ def run(
 
 
 PROXIES = ("haproxy", "serve")
-# Serve runs replica code on an event loop of its own thread by default; here the gate, vLLM's
-# app and its engine client share the loop of Serve's HTTP server instead, as in `vllm serve`,
-# so no streamed chunk crosses threads.
-REPLICA_ENV_VARS = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def proxy_env(proxy: str) -> dict[str, str]:
