@@ -192,6 +192,8 @@ def deployed(
     own_cluster = ray_address is None
     if own_cluster:  # read by the Serve controller and replicas, which inherit this environment
         os.environ.update(proxy_env(proxy))
+        # Ray renices its workers by 15; here the workers are the engines, the whole workload.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         if proxy == "haproxy":
             os.environ.update(private_haproxy_env())
     ray.init(address=ray_address or "local", include_dashboard=False, logging_level="warning")
