@@ -3,11 +3,13 @@
 The CLI, the benchmarks and the tests all start engines the same way, from here. On CPU an
 engine needs an explicit KV-cache size (vLLM otherwise reserves most of a NUMA node and
 refuses to start when that much is not free) and eager mode (skips a 90 s torch.compile).
+Every engine makes JSON whitespace-free itself (``STRUCTURED_OUTPUTS_CONFIG``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -25,6 +27,12 @@ from typing import Any
 # while five engines side by side (the test suite) stay well inside 24 GiB.
 CPU_KV_CACHE_BYTES = 512 << 20
 DEFAULT_MAX_MODEL_LEN = 2048
+# JSON without free whitespace for every request, whatever form its schema arrives in
+# (compact.py). vLLM takes ``disable_any_whitespace`` only engine-wide, and only with the
+# xgrammar or guidance backend ("auto" refuses it); xgrammar is what "auto" picks first.
+# A schema xgrammar cannot compile is then refused (400) instead of going to guidance: start
+# the engine with {"backend": "guidance", "disable_any_whitespace": true} to take those.
+STRUCTURED_OUTPUTS_CONFIG: dict[str, Any] = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
 def has_gpu() -> bool:
@@ -33,10 +41,11 @@ def has_gpu() -> bool:
 
 
 def engine_kwargs(**overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.LLM`` / ``AsyncEngineArgs``: CPU-safe defaults, then yours."""
-    kwargs: dict[str, Any] = {}
+    """Keyword arguments for ``vllm.LLM`` / ``AsyncEngineArgs``: compact JSON and CPU-safe
+    defaults, then yours."""
+    kwargs: dict[str, Any] = {"structured_outputs_config": dict(STRUCTURED_OUTPUTS_CONFIG)}
     if not has_gpu():
-        kwargs = {
+        kwargs |= {
             "enforce_eager": True,
             "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
             "max_model_len": DEFAULT_MAX_MODEL_LEN,
@@ -52,6 +61,8 @@ def server_args(engine: dict[str, Any]) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value)]
         elif value is not False and value is not None:
             args += [flag, str(value)]
     return args

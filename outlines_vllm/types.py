@@ -21,11 +21,9 @@ Supported output types:
 
 Compact JSON (the default) removes the whitespace the model may otherwise pad JSON with: on
 the default model it cut tokens per object from 92 to 33 and truncations from 3/32 to 0
-(measured in docs/compact-json.md). vLLM ignores ``disable_any_whitespace`` and
-``whitespace_pattern`` per request, so compact JSON (and a ``whitespace_pattern``) is sent as a
-grammar compiled from the schema by xgrammar (which vLLM itself uses); without xgrammar
-installed the schema is sent as ``json`` and whitespace stays free. The constraint kind stays
-``json`` either way (metrics, reports and the ``X-Outlines-Constraint`` header say ``json``).
+(measured in docs/compact-json.md). How it is sent, without torch and on every backend, is
+``compact.py``'s job; the constraint kind stays ``json`` either way (metrics, reports and the
+``X-Outlines-Constraint`` header say ``json``).
 """
 
 from __future__ import annotations
@@ -43,9 +41,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .compact import compact_fields
 from .errors import InvalidSchemaError, OutputValidationError, UnsupportedOutputTypeError
 
 ConstraintKind = Literal["json", "regex", "choice", "grammar", "json_object", "structural_tag"]
+# Every kind vLLM's ``structured_outputs`` takes, and the label of unconstrained requests.
+CONSTRAINT_KINDS: tuple[str, ...] = typing.get_args(ConstraintKind)
+NO_CONSTRAINT = "none"
+# The header our clients send with every request: the constraint kind, for the server's metrics
+# (the body may carry compact JSON as a regex, which is still a JSON request).
+CONSTRAINT_HEADER = "X-Outlines-Constraint"
 
 
 @dataclass(frozen=True)
@@ -103,17 +108,17 @@ class Constraint:
 
     def structured_outputs(self) -> dict[str, Any]:
         """The ``structured_outputs`` fields vLLM takes, online (request body) and offline
-        (``StructuredOutputsParams(**fields)``).
+        (``StructuredOutputsParams(**fields)``)."""
+        if self.kind == "json" and (self.compact or self.whitespace_pattern is not None):
+            return compact_fields(self.value, self.whitespace_pattern)
+        if self.kind == "json_object" and self.compact:
+            return {"json_object": True, "disable_any_whitespace": True}
+        return {self.kind: self.value}
 
-        Compact JSON and a whitespace pattern are sent as a grammar built from the schema,
-        because vLLM 0.32's backends ignore ``disable_any_whitespace`` and ``whitespace_pattern``
-        per request."""
-        if self.kind in ("json", "json_object"):
-            schema = self.value if self.kind == "json" else {"type": "object"}
-            if self.whitespace_pattern is not None:
-                return {"grammar": json_grammar(schema, self.whitespace_pattern)}
-            if self.compact and (grammar := compact_json_grammar(schema)):
-                return {"grammar": grammar}
+    def fallback(self) -> dict[str, Any] | None:
+        """Plain fields for a server that refuses the compact form, or None when there is none."""
+        if self.structured_outputs().keys() == {self.kind}:
+            return None
         return {self.kind: self.value}
 
 
@@ -128,7 +133,7 @@ class OutputSpec:
     @property
     def kind(self) -> str:
         """The constraint kind, or ``"none"``: the label metrics and reports use."""
-        return self.constraint.kind if self.constraint else "none"
+        return self.constraint.kind if self.constraint else NO_CONSTRAINT
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -163,8 +168,8 @@ def output_spec(
 ) -> OutputSpec:
     """Translate ``output_type`` once into a constraint and a parser.
 
-    ``compact`` sends JSON without free whitespace (see the module docstring);
-    ``whitespace_pattern`` (an EBNF/regex fragment such as ``[ ]?`` or ``[\\n ]{0,2}``) is the
+    ``compact`` sends JSON without free whitespace (see ``compact.py``);
+    ``whitespace_pattern`` (a regex fragment such as ``[ ]?`` or ``[\\n ]{0,2}``) is the
     only whitespace allowed between JSON tokens, and overrides ``compact``;
     ``additional_properties=False`` closes every object in the schema.
     """
@@ -182,7 +187,7 @@ def output_spec(
         if additional_properties is not None and constraint.kind == "json":
             schema = _set_additional_properties(schema, additional_properties)
         constraint = Constraint(constraint.kind, schema, compact, whitespace_pattern)
-        constraint.structured_outputs()  # a schema the grammar compiler rejects fails here, early
+        constraint.structured_outputs()  # a whitespace_pattern that cannot apply fails here, early
         spec = dataclasses.replace(spec, constraint=constraint)
     return spec
 
@@ -377,76 +382,6 @@ def _set_additional_properties(node: Any, allowed: bool) -> Any:
     if out.get("type") == "object" or "properties" in out:
         out.setdefault("additionalProperties", allowed)
     return out
-
-
-@functools.lru_cache(maxsize=256)
-def _compact_grammar_cached(schema_json: str) -> str | None:
-    try:
-        import xgrammar
-    except ImportError:
-        return None
-    try:
-        grammar = xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=False, separators=(",", ":"))
-    except Exception as exc:  # xgrammar raises RuntimeError for schemas it cannot compile
-        raise InvalidSchemaError(f"cannot compile the JSON schema to a grammar: {exc}") from exc
-    return _bound_numbers(str(grammar))
-
-
-def compact_json_grammar(schema: dict[str, Any]) -> str | None:
-    """An EBNF grammar for ``schema`` with no free whitespace, or None without xgrammar."""
-    return _compact_grammar_cached(json.dumps(schema))
-
-
-# xgrammar's rules for numbers without bounds in the schema -> at most 16 digits before the point,
-# 16 after it and 3 in an exponent (what a float64 holds). The default model otherwise repeats
-# digits until max_tokens ("age": 1111111...). Schema bounds (minimum/maximum) are compiled into
-# other rules and stay exact.
-_NUMBER_BOUNDS = {
-    "basic_integer ::= ": ("[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),
-    "basic_number_2 ::= ": ("[1-9] [0-9]*", "[1-9] [0-9]{0,15}"),
-    "basic_number_3 ::= ": ("basic_number_digits{1, -1}", "basic_number_digits{1, 16}"),
-    "basic_number_5 ::= ": ("basic_number_digits{1, -1}", "basic_number_digits{1, 3}"),
-}
-
-
-def _bound_numbers(grammar: str) -> str:
-    lines = grammar.splitlines()
-    for i, line in enumerate(lines):
-        for prefix, (free, bounded) in _NUMBER_BOUNDS.items():
-            if line.startswith(prefix):
-                lines[i] = line.replace(free, bounded)
-    return "\n".join(lines) + "\n"
-
-
-_FREE_WHITESPACE = "[ \\n\\r\\t]*"  # how xgrammar writes JSON's free whitespace in EBNF
-
-
-@functools.lru_cache(maxsize=256)
-def _whitespace_grammar_cached(schema_json: str, whitespace_pattern: str) -> str:
-    try:
-        import xgrammar
-    except ImportError as exc:
-        raise InvalidSchemaError(
-            "whitespace_pattern needs xgrammar (pip install 'outlines-vllm[compact]')"
-        ) from exc
-    try:
-        free = str(xgrammar.Grammar.from_json_schema(schema_json, any_whitespace=True))
-    except Exception as exc:
-        raise InvalidSchemaError(f"cannot compile the JSON schema to a grammar: {exc}") from exc
-    grammar = _bound_numbers(free.replace(_FREE_WHITESPACE, f"({whitespace_pattern})"))
-    try:
-        xgrammar.Grammar.from_ebnf(grammar)
-    except Exception as exc:
-        raise InvalidSchemaError(
-            f"whitespace_pattern {whitespace_pattern!r} is not a valid EBNF fragment (use character "
-            "classes and ?, *, +, {m,n}, e.g. '[ ]?'): " + _first_line(exc)
-        ) from exc
-    return grammar
-
-
-def json_grammar(schema: dict[str, Any], whitespace_pattern: str) -> str:
-    """An EBNF grammar for ``schema`` whose only whitespace between tokens is ``whitespace_pattern``."""
-    return _whitespace_grammar_cached(json.dumps(schema), whitespace_pattern)
 
 
 def _first_line(exc: Exception) -> str:

@@ -66,6 +66,19 @@ def add_parser(commands: Any) -> None:
     serving.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "serving-latest")
     serving.set_defaults(run=_serving)
 
+    client = modes.add_parser("client", help="client CPU of this package against the raw openai SDK")
+    client.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "client")
+    client.add_argument("--processes", type=int, default=5, help="fresh processes per path (first call)")
+    client.add_argument("--requests", type=int, default=200, help="requests per block (steady state)")
+    client.set_defaults(run=_client)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from .client_cost import run
+
+    run(args.out, processes=args.processes, requests=args.requests)
+    return 0
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

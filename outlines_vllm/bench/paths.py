@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,33 +93,29 @@ async def online_raw(client: Any, model: str, request: Request, sampling: Sampli
 
 
 async def online_package(model: Any, request: Request, sampling: Sampling, seed: int) -> Record:
-    """One streamed request through ``AsyncVLLM.stream`` (its checks raise at the end).
-
-    The package returns text, not a finish reason or usage: a ``TruncatedOutputError`` means
-    "length", and ``package_tokens`` fills in the rest afterwards.
-    """
+    """One streamed request through ``AsyncVLLM.stream``: its checks raise at the end, and the
+    stream then holds the finish reason and the server's token usage either way."""
     start = time.perf_counter()
     times: list[float] = []
     parts: list[str] = []
-    finish_reason = "stop"
+    stream = model.stream(
+        request.messages,
+        request.spec,
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        seed=seed,
+    )
     try:
-        async for chunk in model.stream(
-            request.messages,
-            request.spec,
-            max_tokens=sampling.max_tokens,
-            temperature=sampling.temperature,
-            seed=seed,
-        ):
+        async for chunk in stream:
             if chunk:
                 times.append(time.perf_counter())
                 parts.append(chunk)
-    except TruncatedOutputError:
-        finish_reason = "length"
-    except OutputValidationError:
+    except (TruncatedOutputError, OutputValidationError):
         pass  # judged again below, like every other answer
     except Exception as exc:
         return Record(False, latency=time.perf_counter() - start, error=_error(exc))
-    return _streamed(start, times, "".join(parts), finish_reason, None)
+    tokens = stream.usage.completion_tokens if stream.usage else None
+    return _streamed(start, times, "".join(parts), stream.finish_reason, tokens)
 
 
 def _streamed(start: float, times: list[float], text: str, finish: str | None, tokens: int | None) -> Record:
@@ -187,12 +183,11 @@ def offline_raw(llm: Any, requests: Sequence[Request], sampling: Sampling) -> li
     return records
 
 
-def offline_package(
-    model: Any, requests: Sequence[Request], sampling: Sampling, count_tokens: Callable[[str], int]
-) -> list[Record]:
+def offline_package(model: Any, requests: Sequence[Request], sampling: Sampling) -> list[Record]:
     """The batch through ``VLLMOffline.batch`` (one engine call, an output type per prompt).
 
-    Failed items come back as their exceptions; token counts come from re-tokenizing the text.
+    Failed items come back as their exceptions; finish reasons and token counts come from the
+    package's generations (or, for truncated and invalid output, from its error).
     """
     start = time.perf_counter()
     try:
@@ -200,6 +195,7 @@ def offline_package(
             [r.messages for r in requests],
             [r.spec for r in requests],
             sampling_params=sampling_params(None, sampling),
+            generations=True,
             return_exceptions=True,
             progress=False,
         )
@@ -208,31 +204,20 @@ def offline_package(
     end = time.perf_counter()
     records = [_package_record(result) for result in results]
     for record in records:
-        if record.ok:
-            package_tokens(record, count_tokens(record.text), sampling.max_tokens)
-    for record in records:
         record.latency = end - start
     return records
 
 
 def _package_record(result: Any) -> Record:
     if isinstance(result, TruncatedOutputError):
-        return Record(True, result.text, "length")
+        return Record(True, result.text, "length", _completion_tokens(result.usage))
     if isinstance(result, OutputValidationError):
-        return Record(True, result.text, "stop")
+        return Record(True, result.text, result.finish_reason or "stop", _completion_tokens(result.usage))
     if isinstance(result, BaseException):
         return Record(False, error=_error(result))
-    return Record(True, result, "stop")
+    (generation,) = result
+    return Record(True, generation.text, generation.finish_reason, _completion_tokens(generation.usage))
 
 
-def package_tokens(record: Record, count: int, max_tokens: int) -> None:
-    """Token count and finish reason of a package-path answer from its re-tokenized text.
-
-    The package returns text only: ``count`` tokens plus the stop token for a finished answer,
-    and an unconstrained answer that used the whole budget stopped at the limit ("length"),
-    which the package does not report for free text.
-    """
-    if record.finish_reason == "length" or count >= max_tokens:
-        record.finish_reason, record.output_tokens = "length", max_tokens
-    else:
-        record.output_tokens = count + 1
+def _completion_tokens(usage: Any) -> int | None:
+    return usage.completion_tokens if usage is not None else None

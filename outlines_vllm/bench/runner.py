@@ -9,7 +9,6 @@ offline entry point when given a path; callers that pass an engine keep ownershi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -125,29 +124,9 @@ async def _online(
             seed=scenario.seed,
             desc=f"{run['path']} {run['workload']} c={run['concurrency']}",
         )
-        await _count_tokens_online(root, model, measured.records, api_key, scenario.max_tokens)
         summaries.append(summarise(workload, measured, labels))
     await client.close()
     return summaries
-
-
-async def _count_tokens_online(
-    root: str, model: str, records: list[paths.Record], api_key: str | None, max_tokens: int
-) -> None:
-    """Fill in token counts the package path does not return, with the server's ``/tokenize``."""
-    import httpx
-
-    missing = [r for r in records if r.ok and r.output_tokens is None]
-    if not missing:
-        return
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    async with httpx.AsyncClient(base_url=root, headers=headers, timeout=30) as http:
-        for record in missing:
-            reply = await http.post(
-                "/tokenize", json={"model": model, "prompt": record.text, "add_special_tokens": False}
-            )
-            reply.raise_for_status()
-            paths.package_tokens(record, reply.json()["count"], max_tokens)
 
 
 # --- offline -------------------------------------------------------------------------------------
@@ -156,17 +135,13 @@ async def _count_tokens_online(
 def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[dict[str, Any]]:
     """Every offline run of ``scenario`` on the embedded engine ``llm`` (a ``vllm.LLM``)."""
     sampling = _sampling(scenario)
-    tokenizer = llm.get_tokenizer()
-
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
 
     senders: dict[str, load.SendBatch] = {"raw": lambda requests: paths.offline_raw(llm, requests, sampling)}
     if "package" in scenario.paths:
         from outlines_vllm import from_vllm_offline
 
         package = from_vllm_offline(llm)
-        senders["package"] = lambda requests: paths.offline_package(package, requests, sampling, count)
+        senders["package"] = lambda requests: paths.offline_package(package, requests, sampling)
     summaries = []
     plan = _plan(scenario, "offline")
     for run, workload in tqdm(list(_workloads(scenario, plan, "offline")), desc="offline runs", unit="run"):
@@ -183,8 +158,12 @@ def offline_engine(model: str | os.PathLike[str], *, backend: str = "auto", seed
 
     from ..launch import engine_kwargs
 
-    extra = {"structured_outputs_config": {"backend": backend}} if backend != "auto" else {}
-    llm = LLM(str(model), seed=seed, **engine_kwargs(**ENGINE_OPTIONS, **extra))
+    # vLLM's own configuration for ``backend``, not ours: the raw path is what plain vLLM does.
+    llm = LLM(
+        str(model),
+        seed=seed,
+        **engine_kwargs(**ENGINE_OPTIONS, structured_outputs_config={"backend": backend}),
+    )
     try:
         yield llm
     finally:
@@ -205,11 +184,14 @@ def run_local(
                 summaries += run_offline(llm, scenario, backend=backend)
         if "online" in scenario.modes:
             print(f"[bench] online, backend {backend}: starting a local vLLM server", flush=True)
-            extra = ["--no-enable-prefix-caching"]
-            if backend != "auto":
-                extra += ["--structured-outputs-config", json.dumps({"backend": backend})]
             log = Path(log_dir) / f"server-{backend}.log" if log_dir else None
-            with LocalServer(model, served_model_name="bench", extra_args=extra, log_path=log) as server:
+            with LocalServer(
+                model,
+                served_model_name="bench",
+                extra_args=["--no-enable-prefix-caching"],
+                log_path=log,
+                structured_outputs_config={"backend": backend},  # plain vLLM, as for the raw path
+            ) as server:
                 summaries += run_online(server.base_url, scenario, model="bench", backend=backend)
     return summaries
 

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidPromptError, InvalidRequestError, UnsupportedModelError
 from ..types import OutputSpec, output_spec
-from .base import finish
+from .base import Generation, PartialObjects, TextStream, Usage, engine_errors, finish
 from .prompts import to_messages, to_text
-from .request import Endpoint, Generation, PartialObjects, _merge_constraint, spec_for_partials
+from .request import Endpoint, _merge_constraint, spec_for_partials
 
 if TYPE_CHECKING:
     from vllm import LLM, RequestOutput, SamplingParams
@@ -52,17 +52,32 @@ class _Request:
     lora_request: Any = None
     priority: int = 0
 
+    @property
+    def constrained(self) -> bool:
+        return self.spec.constraint is not None
+
     def generations(self, output: RequestOutput) -> list[Generation]:
         """Every sequence of a finished request, checked: truncated or invalid output raises."""
+        usage = Usage(len(output.prompt_token_ids or ()), sum(len(c.token_ids) for c in output.outputs))
         return [
             Generation(
-                c.text, finish(self.spec, c.text, c.finish_reason, self.params.max_tokens), c.finish_reason
+                c.text,
+                finish(self.spec, c.text, c.finish_reason, self.params.max_tokens, usage),
+                c.finish_reason,
+                usage=usage,
             )
             for c in output.outputs
         ]
 
-    def result(self, output: RequestOutput, parse: bool) -> Any:
-        """The checked text (or the value) of a finished request; a list when ``n > 1``."""
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt["prompt_token_ids"])
+
+    def result(self, output: RequestOutput, parse: bool, generations: bool = False) -> Any:
+        """The checked text (or the value) of a finished request, a list when ``n > 1``; with
+        ``generations``, its list of :class:`Generation` (as ``generate`` returns)."""
+        if generations:
+            return self.generations(output)
         values = [g.value if parse else g.text for g in self.generations(output)]
         return values if self.params.n > 1 else values[0]
 
@@ -89,6 +104,18 @@ class _Offline:
         kwargs: dict[str, Any],
         *,
         stream: bool = False,
+    ) -> _Request:
+        """The engine request for one call; vLLM's own checks of it fail as named errors."""
+        with engine_errors(constrained=output_type is not None):
+            return self._build(prompt, output_type, sampling_params, kwargs, stream)
+
+    def _build(
+        self,
+        prompt: Any,
+        output_type: Any,
+        sampling_params: SamplingParams | None,
+        kwargs: dict[str, Any],
+        stream: bool,
     ) -> _Request:
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -253,6 +280,7 @@ class VLLMOffline(_Offline):
         *,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         parse: bool = False,
+        generations: bool = False,
         return_exceptions: bool = False,
         max_concurrency: int | None = None,
         progress: bool = True,
@@ -262,7 +290,8 @@ class VLLMOffline(_Offline):
 
         ``output_type`` and ``sampling_params`` are one for all prompts or a list with one per
         prompt. ``return_exceptions=True`` puts each failed item's exception in its place
-        instead of raising. ``max_concurrency`` is accepted for parity with the online models;
+        instead of raising; ``generations=True`` gives each prompt's list of :class:`Generation`
+        (text, value, finish reason, usage). ``max_concurrency`` is accepted for parity with the online models;
         the engine schedules the whole batch itself.
         """
         requests = self._requests(prompts, output_type, sampling_params, kwargs)
@@ -278,7 +307,7 @@ class VLLMOffline(_Offline):
                 output = next(outputs)
                 if isinstance(output, Exception):
                     raise output
-                results.append(request.result(output, parse))
+                results.append(request.result(output, parse, generations))
             except Exception as exc:
                 if not return_exceptions:
                     raise
@@ -291,42 +320,55 @@ class VLLMOffline(_Offline):
         output_type: Any = None,
         sampling_params: SamplingParams | None = None,
         **kwargs: Any,
-    ) -> Iterator[str]:
+    ) -> TextStream:
         """Text chunks as the engine produces them; the whole text is checked when the stream
-        ends (truncated or invalid output raises then)."""
+        ends (truncated or invalid output raises then), and the stream's ``finish_reason`` and
+        ``usage`` are set then."""
         request = self._request(prompt, output_type, sampling_params, kwargs, stream=True)
+        return TextStream(lambda sink: self._stream(sink, request))
+
+    def _stream(self, sink: TextStream, request: _Request) -> Iterator[str]:
         engine = self.engine.llm_engine
         request_id = f"outlines-vllm-{uuid.uuid4().hex}"
-        internal_id = engine.add_request(
-            request_id,
-            request.prompt,
-            request.params,
-            lora_request=request.lora_request,
-            priority=request.priority,
-        )
-        text, finish_reason, finished = "", None, False
+        with engine_errors(request.constrained):
+            internal_id = engine.add_request(
+                request_id,
+                request.prompt,
+                request.params,
+                lora_request=request.lora_request,
+                priority=request.priority,
+            )
+        text, finish_reason, finished, tokens = "", None, False, 0
         try:
             while not finished and engine.has_unfinished_requests():
-                for output in engine.step():
+                with engine_errors(request.constrained):
+                    outputs = engine.step()
+                for output in outputs:
                     if output.request_id not in (request_id, internal_id):
                         continue
                     completion = output.outputs[0]
                     finish_reason, finished = completion.finish_reason, output.finished
+                    tokens += len(completion.token_ids)
                     if completion.text:
                         text += completion.text
                         yield completion.text
         finally:
             if not finished:
                 engine.abort_request([internal_id], internal=True)
-        finish(request.spec, text, finish_reason, request.params.max_tokens)
+        usage = Usage(request.prompt_tokens, tokens)
+        sink.ended(text, finish_reason, usage)
+        finish(request.spec, text, finish_reason, request.params.max_tokens, usage)
 
     def stream_partial(
         self, prompt: Any, output_type: Any, sampling_params: SamplingParams | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        """Partial JSON values as the object grows; the last is complete and checked."""
-        spec, partials = spec_for_partials(output_type), PartialObjects()
+        """Partial values as the object grows (partial Pydantic objects for a model type, dicts
+        for a schema); the last is the complete, checked value."""
+        spec = spec_for_partials(output_type)
+        partials = PartialObjects(spec)
         for delta in self.stream(prompt, spec, sampling_params, **kwargs):
             yield from partials.feed(delta)
+        yield from partials.end()
 
     def _generate(self, requests: list[_Request], progress: bool, isolate: bool) -> list[Any]:
         """ONE ``llm.generate`` call for all requests. With ``isolate``, a call the engine
@@ -335,13 +377,14 @@ class VLLMOffline(_Offline):
         if not requests:
             return []
         try:
-            return self.engine.generate(
-                [r.prompt for r in requests],
-                [r.params for r in requests],
-                use_tqdm=progress,
-                lora_request=[r.lora_request for r in requests],
-                priority=[r.priority for r in requests],
-            )
+            with engine_errors(any(r.constrained for r in requests)):
+                return self.engine.generate(
+                    [r.prompt for r in requests],
+                    [r.params for r in requests],
+                    use_tqdm=progress,
+                    lora_request=[r.lora_request for r in requests],
+                    priority=[r.priority for r in requests],
+                )
         except Exception as exc:
             if not isolate:
                 raise
@@ -395,6 +438,7 @@ class AsyncVLLMOffline(_Offline):
         *,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         parse: bool = False,
+        generations: bool = False,
         return_exceptions: bool = False,
         max_concurrency: int | None = None,
         progress: bool = True,
@@ -417,7 +461,7 @@ class AsyncVLLMOffline(_Offline):
                     if isinstance(request, Exception):
                         raise request
                     async with slots:
-                        return request.result(await self._final(request), parse)
+                        return request.result(await self._final(request), parse, generations)
                 finally:
                     bar.update()
 
@@ -428,33 +472,44 @@ class AsyncVLLMOffline(_Offline):
                 for task in tasks:
                     task.cancel()
 
-    async def stream(
+    def stream(
         self,
         prompt: Any,
         output_type: Any = None,
         sampling_params: SamplingParams | None = None,
         **kwargs: Any,
-    ) -> AsyncIterator[str]:
-        """Text chunks as the engine produces them; the whole text is checked when the stream
-        ends (truncated or invalid output raises then)."""
+    ) -> TextStream:
+        """Text chunks as the engine produces them (``async for``); the whole text is checked
+        when the stream ends (truncated or invalid output raises then), and the stream's
+        ``finish_reason`` and ``usage`` are set then."""
         request = self._request(prompt, output_type, sampling_params, kwargs, stream=True)
-        text, finish_reason = "", None
+        return TextStream(lambda sink: self._stream(sink, request))
+
+    async def _stream(self, sink: TextStream, request: _Request) -> AsyncIterator[str]:
+        text, finish_reason, tokens = "", None, 0
         async for output in self._outputs(request):
             completion = output.outputs[0]
             finish_reason = completion.finish_reason or finish_reason
+            tokens += len(completion.token_ids)
             if completion.text:
                 text += completion.text
                 yield completion.text
-        finish(request.spec, text, finish_reason, request.params.max_tokens)
+        usage = Usage(request.prompt_tokens, tokens)
+        sink.ended(text, finish_reason, usage)
+        finish(request.spec, text, finish_reason, request.params.max_tokens, usage)
 
     async def stream_partial(
         self, prompt: Any, output_type: Any, sampling_params: SamplingParams | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        """Partial JSON values as the object grows; the last is complete and checked."""
-        spec, partials = spec_for_partials(output_type), PartialObjects()
+        """Partial values as the object grows (partial Pydantic objects for a model type, dicts
+        for a schema); the last is the complete, checked value."""
+        spec = spec_for_partials(output_type)
+        partials = PartialObjects(spec)
         async for delta in self.stream(prompt, spec, sampling_params, **kwargs):
             for value in partials.feed(delta):
                 yield value
+        for value in partials.end():
+            yield value
 
     async def _final(self, request: _Request) -> RequestOutput:
         final = None
@@ -462,14 +517,16 @@ class AsyncVLLMOffline(_Offline):
             final = output
         return final
 
-    def _outputs(self, request: _Request) -> AsyncIterator[RequestOutput]:
-        return self.engine.generate(
-            request.prompt,
-            request.params,
-            f"outlines-vllm-{uuid.uuid4().hex}",
-            lora_request=request.lora_request,
-            priority=request.priority,
-        )
+    async def _outputs(self, request: _Request) -> AsyncIterator[RequestOutput]:
+        with engine_errors(request.constrained):
+            async for output in self.engine.generate(
+                request.prompt,
+                request.params,
+                f"outlines-vllm-{uuid.uuid4().hex}",
+                lora_request=request.lora_request,
+                priority=request.priority,
+            ):
+                yield output
 
 
 def from_vllm_offline(engine: Any, *, endpoint: Endpoint | None = None) -> VLLMOffline | AsyncVLLMOffline:

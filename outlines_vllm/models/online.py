@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..errors import InvalidRequestError
+from ..errors import ConstraintRejectedError, InvalidRequestError, RequestFailedError
+from .base import TextStream
 from .request import (
     Endpoint,
     Generation,
     PartialObjects,
     Request,
+    Retries,
     build_request,
     mapped_errors,
     server_root,
     spec_for_partials,
+    without_retries,
 )
 
 
@@ -36,9 +38,12 @@ class _Online:
 
     def __init__(self, client: Any, model_name: str | None = None, *, endpoint: Endpoint = "chat") -> None:
         self.client = client
+        # Generation requests go through a copy that does not retry by itself: Retries decides.
+        self._sender = without_retries(client)
         self.model_name = model_name
         self.endpoint = endpoint
         self.server_version: str | None = None
+        self.plain_json = False  # the server refused compact JSON once: send plain schemas
         self._ready = False
 
     def _request(
@@ -54,7 +59,14 @@ class _Online:
             endpoint=endpoint,
             stream=stream,
             server_version=self.server_version,
+            plain=self.plain_json,
         )
+
+    def _after_refusal(self, request: Request, error: ConstraintRejectedError) -> Request:
+        """What to send after ``error``: the plain schema (remembered for later calls)."""
+        plain = request.after_refusal(error)
+        self.plain_json = True
+        return plain
 
     def _learn(self, models: Any, version_info: Any) -> None:
         """Record the served model (when not given) and the server's vLLM version."""
@@ -86,6 +98,8 @@ def _values(generations: list[Generation], n: int | None) -> Any:
 
 
 def _progress(total: int, progress: bool) -> Any:
+    from tqdm.auto import tqdm  # here, not at import: it costs a light client ~0.1 s of CPU
+
     # disable=None: shown on a terminal, silent in logs and CI.
     return tqdm(total=total, desc="generating", unit="prompt", disable=None if progress else True)
 
@@ -115,9 +129,20 @@ class VLLM(_Online):
         """Every generation (``n`` of them) with text, value, finish reason and reasoning."""
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs)
-        with mapped_errors(self.client):
-            response = request.create(self.client)
-        return request.generations(response)
+        return request.generations(self._send(request))
+
+    def _send(self, request: Request) -> Any:
+        """The response (or, streaming, the open stream). A server that refuses compact JSON
+        gets the plain schema; only failures a retry can help are sent again."""
+        retries = Retries.of(self.client)
+        while True:
+            try:
+                with mapped_errors(self.client, request):
+                    return request.create(self._sender)
+            except ConstraintRejectedError as error:
+                request = self._after_refusal(request, error)
+            except RequestFailedError as error:
+                time.sleep(retries.pause(error))
 
     def __call__(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Any:
         """The generated text (a list of texts when ``n > 1``), checked against ``output_type``."""
@@ -127,22 +152,31 @@ class VLLM(_Online):
         """The validated Python value (a list of values when ``n > 1``)."""
         return _values(self.generate(prompt, output_type, **kwargs), kwargs.get("n"))
 
-    def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Iterator[str]:
-        """Text chunks as they arrive; the whole text is checked when the stream ends."""
+    def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> TextStream:
+        """Text chunks as they arrive; the whole text is checked when the stream ends, and the
+        stream's ``finish_reason`` and ``usage`` are set then."""
+        return TextStream(lambda sink: self._stream(sink, prompt, output_type, kwargs))
+
+    def _stream(
+        self, sink: TextStream, prompt: Any, output_type: Any, kwargs: dict[str, Any]
+    ) -> Iterator[str]:
         self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
-        with mapped_errors(self.client), request.create(self.client) as chunks:
+        with self._send(request) as chunks, mapped_errors(self.client, request):
             for chunk in chunks:
                 if delta := reader.feed(chunk):
                     yield delta
-        reader.finish()
+        reader.finish(sink)
 
     def stream_partial(self, prompt: Any, output_type: Any, **kwargs: Any) -> Iterator[Any]:
-        """Partial JSON values as the object grows; the last is complete and checked."""
-        spec, partials = spec_for_partials(output_type), PartialObjects()
+        """Partial values as the object grows (partial Pydantic objects for a model type, dicts
+        for a schema); the last is the complete, checked value."""
+        spec = spec_for_partials(output_type)
+        partials = PartialObjects(spec)
         for delta in self.stream(prompt, spec, **kwargs):
             yield from partials.feed(delta)
+        yield from partials.end()
 
     def batch(
         self,
@@ -151,17 +185,19 @@ class VLLM(_Online):
         *,
         max_concurrency: int = 8,
         parse: bool = False,
+        generations: bool = False,
         return_exceptions: bool = False,
         progress: bool = True,
         **kwargs: Any,
     ) -> list[Any]:
-        """One result per prompt, in order, at most ``max_concurrency`` requests in flight.
+        """One result per prompt, in order, at most ``max_concurrency`` requests in flight: its
+        text, its value (``parse``) or its list of :class:`Generation` (``generations``).
 
         The first error cancels what has not started and is raised, unless
         ``return_exceptions`` puts each error in its prompt's place.
         """
         self._ensure_ready()
-        call = self.parse if parse else self
+        call = self.generate if generations else self.parse if parse else self
         with ThreadPoolExecutor(max_concurrency) as pool, _progress(len(prompts), progress) as bar:
             futures = [pool.submit(call, prompt, output_type, **kwargs) for prompt in prompts]
             for future in futures:
@@ -200,9 +236,20 @@ class AsyncVLLM(_Online):
         """Every generation (``n`` of them) with text, value, finish reason and reasoning."""
         await self._ensure_ready()
         request = self._request(prompt, output_type, kwargs)
-        with mapped_errors(self.client):
-            response = await request.create(self.client)
-        return request.generations(response)
+        return request.generations(await self._send(request))
+
+    async def _send(self, request: Request) -> Any:
+        """The response (or, streaming, the open stream). A server that refuses compact JSON
+        gets the plain schema; only failures a retry can help are sent again."""
+        retries = Retries.of(self.client)
+        while True:
+            try:
+                with mapped_errors(self.client, request):
+                    return await request.create(self._sender)
+            except ConstraintRejectedError as error:
+                request = self._after_refusal(request, error)
+            except RequestFailedError as error:
+                await asyncio.sleep(retries.pause(error))
 
     async def __call__(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> Any:
         """The generated text (a list of texts when ``n > 1``), checked against ``output_type``."""
@@ -212,24 +259,34 @@ class AsyncVLLM(_Online):
         """The validated Python value (a list of values when ``n > 1``)."""
         return _values(await self.generate(prompt, output_type, **kwargs), kwargs.get("n"))
 
-    async def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> AsyncIterator[str]:
-        """Text chunks as they arrive; the whole text is checked when the stream ends."""
+    def stream(self, prompt: Any, output_type: Any = None, **kwargs: Any) -> TextStream:
+        """Text chunks as they arrive (``async for``); the whole text is checked when the stream
+        ends, and the stream's ``finish_reason`` and ``usage`` are set then."""
+        return TextStream(lambda sink: self._stream(sink, prompt, output_type, kwargs))
+
+    async def _stream(
+        self, sink: TextStream, prompt: Any, output_type: Any, kwargs: dict[str, Any]
+    ) -> AsyncIterator[str]:
         await self._ensure_ready()
         request = self._request(prompt, output_type, kwargs, stream=True)
         reader = request.reader()
-        with mapped_errors(self.client):
-            async with await request.create(self.client) as chunks:
+        async with await self._send(request) as chunks:
+            with mapped_errors(self.client, request):
                 async for chunk in chunks:
                     if delta := reader.feed(chunk):
                         yield delta
-        reader.finish()
+        reader.finish(sink)
 
     async def stream_partial(self, prompt: Any, output_type: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Partial JSON values as the object grows; the last is complete and checked."""
-        spec, partials = spec_for_partials(output_type), PartialObjects()
+        """Partial values as the object grows (partial Pydantic objects for a model type, dicts
+        for a schema); the last is the complete, checked value."""
+        spec = spec_for_partials(output_type)
+        partials = PartialObjects(spec)
         async for delta in self.stream(prompt, spec, **kwargs):
             for value in partials.feed(delta):
                 yield value
+        for value in partials.end():
+            yield value
 
     async def batch(
         self,
@@ -238,17 +295,19 @@ class AsyncVLLM(_Online):
         *,
         max_concurrency: int = 8,
         parse: bool = False,
+        generations: bool = False,
         return_exceptions: bool = False,
         progress: bool = True,
         **kwargs: Any,
     ) -> list[Any]:
-        """One result per prompt, in order, at most ``max_concurrency`` requests in flight.
+        """One result per prompt, in order, at most ``max_concurrency`` requests in flight: its
+        text, its value (``parse``) or its list of :class:`Generation` (``generations``).
 
         The first error cancels the rest and is raised, unless ``return_exceptions`` puts each
         error in its prompt's place.
         """
         await self._ensure_ready()
-        call = self.parse if parse else self
+        call = self.generate if generations else self.parse if parse else self
         slots = asyncio.Semaphore(max_concurrency)
         with _progress(len(prompts), progress) as bar:
 

@@ -10,38 +10,33 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import random
 import re
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..errors import (
+    CompactJSONWarning,
     ConstraintRejectedError,
     InvalidRequestError,
     RefusalError,
+    RequestFailedError,
     ServerUnavailableError,
     UnsupportedOutputTypeError,
     UnsupportedServerError,
+    request_error,
 )
-from ..types import OutputSpec, output_spec
-from .base import finish, partial_json
+from ..types import CONSTRAINT_HEADER, CONSTRAINT_KINDS, OutputSpec, output_spec
+from .base import Generation, PartialObjects, TextStream, Usage, finish  # noqa: F401 - PartialObjects: re-exported
 from .prompts import to_messages, to_text
 
 Endpoint = Literal["chat", "completions"]
-CONSTRAINT_HEADER = "X-Outlines-Constraint"
 # vLLM 0.12 replaced the ``guided_*`` fields by ``structured_outputs``; older servers ignore it
 # and would return unconstrained text.
 MIN_SERVER_VERSION = (0, 12)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished, checked generation: its text, its value, and what the server said."""
-
-    text: str
-    value: Any
-    finish_reason: str | None
-    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,21 @@ class Request:
     endpoint: Endpoint
     body: dict[str, Any]
     spec: OutputSpec
+    plain: Request | None = None  # the same request with the plain schema, when it differs
+
+    def after_refusal(self, error: ConstraintRejectedError) -> Request:
+        """The request to send after the server refused this one: the plain schema when the
+        refused form was compact JSON (with a warning), else ``error`` is raised."""
+        if self.plain is None:
+            raise error
+        warnings.warn(
+            f"the server refused compact JSON ({error.message}); sending the plain schema, so "
+            "this server may pad JSON with whitespace. Start it with --structured-outputs-config "
+            '\'{"backend": "xgrammar", "disable_any_whitespace": true}\' to keep JSON compact.',
+            CompactJSONWarning,
+            stacklevel=4,
+        )
+        return self.plain
 
     @property
     def max_tokens(self) -> int | None:
@@ -66,10 +76,11 @@ class Request:
         """Every choice of a finished response, checked: truncated, refused or invalid output
         raises instead of being returned."""
         out = []
+        usage = Usage.of(getattr(response, "usage", None))
         for choice in sorted(response.choices, key=lambda c: c.index):
             text, reasoning = _content(self.endpoint, choice)
-            value = finish(self.spec, text, choice.finish_reason, self.max_tokens)
-            out.append(Generation(text, value, choice.finish_reason, reasoning))
+            value = finish(self.spec, text, choice.finish_reason, self.max_tokens, usage)
+            out.append(Generation(text, value, choice.finish_reason, reasoning, usage))
         return out
 
     def reader(self) -> StreamReader:
@@ -84,9 +95,11 @@ class StreamReader:
     text: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
+    usage: Usage | None = None
 
     def feed(self, chunk: Any) -> str:
         """The new content text in ``chunk`` ("" when it carries none)."""
+        self.usage = Usage.of(getattr(chunk, "usage", None)) or self.usage
         delta = ""
         for choice in chunk.choices:
             if self.request.endpoint == "chat":
@@ -100,28 +113,15 @@ class StreamReader:
         self.text += delta
         return delta
 
-    def finish(self) -> Any:
-        """The validated value of the complete text; raises like a non-streamed call would."""
-        return finish(self.request.spec, self.text, self.finish_reason, self.request.max_tokens)
-
-
-@dataclass
-class PartialObjects:
-    """Partial JSON values from a growing JSON text, each reported once when it changes."""
-
-    text: str = ""
-    last: Any = field(default=None)
-
-    def feed(self, delta: str) -> Iterator[Any]:
-        self.text += delta
-        value = partial_json(self.text)
-        if value is not None and value != self.last:
-            self.last = value
-            yield value
+    def finish(self, sink: TextStream | None = None) -> Any:
+        """The validated value of the complete text; raises like a non-streamed call would.
+        ``sink`` learns the text, finish reason and usage first."""
+        if sink is not None:
+            sink.ended(self.text, self.finish_reason, self.usage)
+        return finish(self.request.spec, self.text, self.finish_reason, self.request.max_tokens, self.usage)
 
 
 _OURS = {"extra_body", "extra_headers"}
-_CONSTRAINT_KEYS = {"json", "regex", "choice", "grammar", "json_object", "structural_tag"}
 
 
 def build_request(
@@ -133,12 +133,14 @@ def build_request(
     endpoint: Endpoint = "chat",
     stream: bool = False,
     server_version: str | None = None,
+    plain: bool = False,
 ) -> Request:
     """The request for one prompt: messages or prompt text, the constraint merged into a copy of
     the caller's ``extra_body``, and the ``X-Outlines-Constraint`` header.
 
     ``kwargs`` are the caller's openai SDK arguments; neither they nor anything inside them
-    is modified.
+    is modified. ``plain`` sends JSON schemas as they are (for a server that refused the
+    compact form before); otherwise ``Request.plain`` holds that form, to retry with.
     """
     if endpoint not in ("chat", "completions"):
         raise InvalidRequestError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -158,15 +160,29 @@ def build_request(
         body["prompt"] = to_text(prompt)
     if stream:
         body["stream"] = True
-    extra_body = copy.deepcopy(kwargs.get("extra_body") or {})
-    if spec.constraint is not None:
-        extra_body["structured_outputs"] = _merge_constraint(
-            extra_body.get("structured_outputs"), spec.constraint.structured_outputs()
-        )
-    if extra_body:
-        body["extra_body"] = extra_body
+        # The last chunk then carries the token usage (a caller's own stream_options win).
+        body.setdefault("stream_options", {"include_usage": True})
     body["extra_headers"] = {**(kwargs.get("extra_headers") or {}), CONSTRAINT_HEADER: spec.kind}
-    return Request(endpoint, body, spec)
+    fallback = spec.constraint.fallback() if spec.constraint is not None else None
+    fields = spec.constraint.structured_outputs() if spec.constraint is not None else None
+    if plain and fallback is not None:
+        fields, fallback = fallback, None
+    request = Request(endpoint, _with_constraint(body, kwargs.get("extra_body"), fields), spec)
+    if fallback is None:
+        return request
+    return dataclasses.replace(
+        request, plain=Request(endpoint, _with_constraint(body, kwargs.get("extra_body"), fallback), spec)
+    )
+
+
+def _with_constraint(
+    body: dict[str, Any], callers: dict[str, Any] | None, fields: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``body`` with a copy of the caller's ``extra_body`` holding the constraint ``fields``."""
+    extra_body = copy.deepcopy(callers or {})
+    if fields is not None:
+        extra_body["structured_outputs"] = _merge_constraint(extra_body.get("structured_outputs"), fields)
+    return {**body, "extra_body": extra_body} if extra_body else dict(body)
 
 
 def _merge_constraint(callers: Any, ours: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +191,7 @@ def _merge_constraint(callers: Any, ours: dict[str, Any]) -> dict[str, Any]:
         return ours
     if not isinstance(callers, dict):
         raise InvalidRequestError(f"extra_body['structured_outputs'] must be a dict, got {callers!r}")
-    if clash := _CONSTRAINT_KEYS & callers.keys():
+    if clash := set(CONSTRAINT_KINDS) & callers.keys():
         raise InvalidRequestError(
             f"extra_body['structured_outputs'] already holds a constraint ({sorted(clash)}) and "
             "output_type gives another; pass one of them (output_type=None to send your own)"
@@ -214,32 +230,65 @@ def server_root(client: Any) -> str:
 
 
 @contextlib.contextmanager
-def mapped_errors(client: Any) -> Iterator[None]:
-    """openai SDK errors as ours: a rejected request carries the server's message, an unreachable
-    server says where we looked."""
+def mapped_errors(client: Any, request: Request | None = None) -> Iterator[None]:
+    """openai SDK errors as ours (see :func:`~outlines_vllm.errors.request_error`): each failure
+    named by its HTTP status and vLLM's message; an unreachable server says where we looked."""
     import openai
 
+    constrained = request is not None and request.spec.constraint is not None
     try:
         yield
-    except openai.APIConnectionError as exc:
-        raise ServerUnavailableError(
-            f"cannot reach the vLLM server at {server_root(client)} ({exc}); start it or fix base_url"
-        ) from exc
+    except openai.APIConnectionError as exc:  # APITimeoutError included
+        where = f"the vLLM server at {server_root(client)}"
+        raise ServerUnavailableError(None, f"cannot reach it ({exc})", source=where) from exc
     except openai.APIStatusError as exc:
-        if exc.status_code in (400, 422):
-            raise ConstraintRejectedError(exc.status_code, _server_message(exc)) from exc
-        if exc.status_code in (502, 503, 504):
-            raise ServerUnavailableError(
-                f"the vLLM server at {server_root(client)} is unavailable (HTTP {exc.status_code}): "
-                f"{_server_message(exc)}; retry when it is up"
-            ) from exc
-        raise
+        raise request_error(exc.status_code, _server_message(exc), constrained=constrained) from exc
     except openai.APIError as exc:
-        # A streamed request is answered 200 first; the server reports a rejected constraint
-        # as an error event inside the stream, with the HTTP status as its code.
-        if exc.code in ("400", "422"):
-            raise ConstraintRejectedError(int(exc.code), _server_message(exc)) from exc
-        raise
+        # A streamed request is answered 200 first; the server reports a failure as an error
+        # event inside the stream, with the HTTP status as its code.
+        status = _status_of(exc)
+        if status is None:
+            raise
+        raise request_error(status, _server_message(exc), constrained=constrained) from exc
+
+
+@dataclass
+class Retries:
+    """When to send a failed request again: only errors that say a retry can help
+    (``retryable``), at most the client's ``max_retries`` times, with the openai SDK's own
+    backoff (0.5 s doubling to 8 s, with jitter).
+
+    The models send through a copy of the client whose own retries are off (the SDK retries
+    every 5xx, and vLLM answers a grammar it cannot compile with a deterministic 500), so
+    this is the one place that decides.
+    """
+
+    limit: int
+    done: int = 0
+
+    @classmethod
+    def of(cls, client: Any) -> Retries:
+        return cls(int(getattr(client, "max_retries", 0) or 0))
+
+    def pause(self, error: RequestFailedError) -> float:
+        """Seconds to wait before the next attempt; raises ``error`` when none should follow."""
+        if not error.retryable or self.done >= self.limit:
+            raise error
+        self.done += 1
+        return min(0.5 * 2 ** (self.done - 1), 8.0) * (1 - 0.25 * random.random())
+
+
+def without_retries(client: Any) -> Any:
+    """A copy of ``client`` (same connection pool) that never retries by itself."""
+    with_options = getattr(client, "with_options", None)
+    return with_options(max_retries=0) if with_options else client
+
+
+def _status_of(exc: Any) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+        return int(code)
+    return None
 
 
 def _server_message(exc: Any) -> str:

@@ -71,7 +71,8 @@ def _engine_args(pairs: list[str]) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     from ..errors import OfflineJobError
-    from .job import load_spec, make_spec, run_job
+    from .job import run_job
+    from .spec import load_spec, make_spec
 
     options = {
         key: getattr(args, key)

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import OfflineJobError
-from .job import Item, JobSpec, generate_records, load_model
+from .generation import generate_records, load_model
+from .input_lines import Item
+from .spec import JobSpec
 
 OBJECT_STORE_BYTES = 128 << 20  # items and records are small; keep Ray's shared memory modest
 

@@ -20,8 +20,9 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..types import CONSTRAINT_HEADER
 from .observe import Observation
-from .validation import CHAT, COMPLETIONS, CONSTRAINT_HEADER, BadRequest, inspect_request
+from .validation import CHAT, COMPLETIONS, BadRequest, inspect_request
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

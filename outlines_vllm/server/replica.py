@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -63,14 +62,9 @@ def vllm_argv(model: ModelConfig, location: str) -> list[str]:
         "--model", location,
         "--served-model-name", model.served_name,
         "--disable-uvicorn-access-log",
-        *server_args({k: _flag_value(v) for k, v in engine_kwargs(**engine).items()}),
+        *server_args(engine_kwargs(**engine)),
         *model.vllm_args,
     ]  # fmt: skip
-
-
-def _flag_value(value: Any) -> Any:
-    """Config-object options (e.g. ``structured_outputs_config``) go to vLLM's parser as JSON."""
-    return json.dumps(value) if isinstance(value, dict | list) else value
 
 
 def parse_vllm_args(argv: list[str]) -> Any:

@@ -15,10 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OutlinesVLLMError
-from ..types import Choice, JsonObject, JsonSchema, OutputSpec, Regex, output_spec
+from ..types import (
+    CONSTRAINT_KINDS,
+    NO_CONSTRAINT,
+    Choice,
+    JsonObject,
+    JsonSchema,
+    OutputSpec,
+    Regex,
+    output_spec,
+)
 
-KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag", "none")
-CONSTRAINT_HEADER = "x-outlines-constraint"
+KINDS = (*CONSTRAINT_KINDS, NO_CONSTRAINT)
 LEGACY_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend")
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
@@ -92,7 +100,8 @@ def inspect_request(
             )
     kind, spec, json_text = _constraint(body)
     if header_kind in KINDS:
-        json_text = json_text or (header_kind == "json" and kind == "grammar")
+        # Compact JSON travels as a regex (or a grammar): the header says the text is JSON.
+        json_text = json_text or (header_kind == "json" and kind in ("regex", "grammar"))
         kind = header_kind
     return RequestInfo(raw, model, bool(body.get("stream", False)), kind, spec, json_text)
 

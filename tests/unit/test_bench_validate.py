@@ -6,12 +6,13 @@ import pytest
 
 from outlines_vllm.bench import report
 from outlines_vllm.bench.load import Measured, arrivals
-from outlines_vllm.bench.paths import Record, package_tokens
+from outlines_vllm.bench.paths import Record, _package_record
 from outlines_vllm.bench.runner import _plan
 from outlines_vllm.bench.scenario import Scenario
 from outlines_vllm.bench.stats import comparisons, percentiles, summarise
 from outlines_vllm.bench.validate import judge
 from outlines_vllm.bench.workloads import ARITHMETIC_REGEX, PERSON_SCHEMA, Request, Workload, build
+from outlines_vllm.errors import ConstraintRejectedError, TruncatedOutputError
 from outlines_vllm.types import Choice, Regex, output_spec
 
 PERSON = output_spec(PERSON_SCHEMA)
@@ -99,13 +100,16 @@ def test_poisson_arrivals_are_seeded_and_increasing():
     assert arrivals(3, None, seed=1) == [0.0, 0.0, 0.0]
 
 
-def test_package_answers_that_fill_the_budget_count_as_truncated():
-    record = Record(True, "x" * 50, "stop")
-    package_tokens(record, 64, 64)
-    assert (record.finish_reason, record.output_tokens) == ("length", 64)
-    record = Record(True, "abc", "stop")
-    package_tokens(record, 3, 64)
-    assert (record.finish_reason, record.output_tokens) == ("stop", 4)  # plus the stop token
+def test_package_records_take_finish_reason_and_tokens_from_the_generation_or_its_error():
+    from outlines_vllm.models.base import Generation, Usage
+
+    done = _package_record([Generation('{"a": 1}', {"a": 1}, "stop", usage=Usage(12, 7))])
+    assert (done.ok, done.text, done.finish_reason, done.output_tokens) == (True, '{"a": 1}', "stop", 7)
+    cut = TruncatedOutputError('{"a": ', 4)
+    cut.usage = Usage(12, 4)
+    assert (_package_record(cut).finish_reason, _package_record(cut).output_tokens) == ("length", 4)
+    failed = _package_record(ConstraintRejectedError(400, "bad"))
+    assert (failed.ok, failed.output_tokens) == (False, None)
 
 
 def _run(path: str, workload: str, rps: float, valid: int, **extra) -> dict:
@@ -159,7 +163,8 @@ def test_jsonschemabench_workload_counts_skipped_schemas():
     options = {"sets": ["Github_easy"], "schemas": 100}
     workload = build("jsonschemabench", requests=4, warmup=0, seed=0, salt="s", jsonschemabench=options)
     assert workload.notes["schemas_used"] == 100
-    assert workload.notes["schemas_skipped"]["rejected"] >= 1  # our client-side checks refuse some
+    skipped = workload.notes["schemas_skipped"]
+    assert set(skipped) == {"rejected", "too_long"} and skipped["too_long"] >= 1  # long ones crowd the prompt
     for request in workload.measured:  # every schema kept compiles and validates on our side
         assert request.spec.constraint.structured_outputs()
         assert request.check.json_schema is not None

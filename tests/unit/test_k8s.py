@@ -230,6 +230,7 @@ def test_api_key_comes_from_a_secret_never_from_the_manifests(built: dict) -> No
 
 
 def test_server_flags_parse_with_vllms_own_parser_and_port_matches(built: dict) -> None:
+    from outlines_vllm.launch import STRUCTURED_OUTPUTS_CONFIG
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -245,6 +246,8 @@ def test_server_flags_parse_with_vllms_own_parser_and_port_matches(built: dict) 
         assert args.model == config["data"]["MODEL"] and args.max_model_len == int(
             config["data"]["MAX_MODEL_LEN"]
         )
+        compact = args.structured_outputs_config
+        assert (compact.backend, compact.disable_any_whitespace) == tuple(STRUCTURED_OUTPUTS_CONFIG.values())
         (port,) = c["ports"]
         assert args.port == port["containerPort"] == 8000
         service = one(objects, "Service")

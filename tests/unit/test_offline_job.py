@@ -8,18 +8,11 @@ from pathlib import Path
 import pytest
 
 from outlines_vllm import OfflineJobError
-from outlines_vllm.offline.job import (
-    Item,
-    RecordWriter,
-    _BadLine,
-    load_spec,
-    make_spec,
-    output_type_of,
-    parse_line,
-    read_done,
-    read_input,
-    run_job,
-)
+from outlines_vllm.offline.input_lines import Item, _BadLine, parse_line, read_input
+from outlines_vllm.offline.job import run_job
+from outlines_vllm.offline.records import RecordWriter, read_done
+from outlines_vllm.offline.sources import output_type_of
+from outlines_vllm.offline.spec import load_spec, make_spec
 
 
 def test_parse_line_reads_id_prompt_messages_and_own_output_type():
@@ -132,3 +125,28 @@ def test_a_job_needs_a_local_model_folder(tmp_path):
     with pytest.raises(OfflineJobError, match="not a local model folder"):
         run_job(spec)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_offline_modules_import_each_other_without_a_cycle():
+    import ast
+
+    import outlines_vllm.offline as package
+
+    folder = Path(package.__file__).parent
+    modules = {path.stem: path for path in folder.glob("*.py")}
+    imports = {
+        name: {
+            node.module
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module in modules
+        }
+        for name, path in modules.items()
+    }
+
+    def reach(name: str, path: tuple[str, ...]) -> None:
+        for dep in imports[name]:
+            assert dep not in path, f"import cycle: {' -> '.join((*path, dep))}"
+            reach(dep, (*path, dep))
+
+    for name in imports:
+        reach(name, (name,))

@@ -27,14 +27,14 @@ from outlines_vllm import (
     from_vllm,
     output_spec,
 )
-from outlines_vllm.errors import OutputValidationError
+from outlines_vllm.errors import CompactJSONWarning, ConstraintRejectedError, OutputValidationError
 from outlines_vllm.models.online import VLLM, AsyncVLLM
 from outlines_vllm.models.request import (
-    CONSTRAINT_HEADER,
     PartialObjects,
     build_request,
     check_server_version,
 )
+from outlines_vllm.types import CONSTRAINT_HEADER
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 USER = [{"role": "user", "content": "hi"}]
@@ -52,16 +52,12 @@ def body(output_type, **kwargs):
     ("output_type", "structured_outputs", "kind"),
     [
         (output_spec(SCHEMA, compact=False), {"json": SCHEMA}, "json"),
-        (SCHEMA, {"grammar": output_spec(SCHEMA).constraint.structured_outputs()["grammar"]}, "json"),
+        (SCHEMA, {"regex": r'\{"a":(-)?(0|[1-9][0-9]{0,15})\}'}, "json"),
         (Regex("[0-9]+"), {"regex": "[0-9]+"}, "regex"),
         (Literal["yes", "no"], {"choice": ["yes", "no"]}, "choice"),
         (CFG('start: "a"'), {"grammar": 'start: "a"'}, "grammar"),
         (output_spec(JsonObject, compact=False), {"json_object": True}, "json_object"),
-        (
-            JsonObject,
-            {"grammar": output_spec(JsonObject).constraint.structured_outputs()["grammar"]},
-            "json_object",
-        ),
+        (JsonObject, {"json_object": True, "disable_any_whitespace": True}, "json_object"),
     ],
 )
 def test_exact_body_for_each_constraint_kind(output_type, structured_outputs, kind):
@@ -72,6 +68,17 @@ def test_exact_body_for_each_constraint_kind(output_type, structured_outputs, ki
         "extra_body": {"structured_outputs": structured_outputs},
         "extra_headers": {CONSTRAINT_HEADER: kind},
     }
+
+
+def test_compact_json_carries_its_plain_form_to_retry_with():
+    request = build_request("m", "hi", SCHEMA, {"extra_body": {"top_k": 2}})
+    assert request.plain.body["extra_body"] == {"structured_outputs": {"json": SCHEMA}, "top_k": 2}
+    assert request.plain.plain is None
+    assert build_request("m", "hi", SCHEMA, {}, plain=True).body["extra_body"] == {
+        "structured_outputs": {"json": SCHEMA}
+    }
+    for nothing_to_fall_back_to in (Regex("a"), output_spec(SCHEMA, compact=False), None):
+        assert build_request("m", "hi", nothing_to_fall_back_to, {}).plain is None
 
 
 def test_free_text_sends_no_structured_outputs_and_labels_none():
@@ -85,6 +92,7 @@ def test_completions_endpoint_sends_the_prompt_text_and_streaming_sets_stream():
         "model": "m",
         "prompt": "Once",
         "stream": True,
+        "stream_options": {"include_usage": True},
         "extra_body": {"structured_outputs": {"regex": "a"}},
         "extra_headers": {CONSTRAINT_HEADER: "regex"},
     }
@@ -239,8 +247,11 @@ def test_partial_objects_report_each_new_state_once():
 class _Handler(BaseHTTPRequestHandler):
     version = "0.11.0"
     models = ("old-model",)
+    content = "hello"
     posts: list[str] = []  # noqa: RUF012 - shared on purpose: the tests read what was requested
     gets: list[str] = []  # noqa: RUF012
+    bodies: list[dict] = []  # noqa: RUF012
+    refuse_regex = False  # answer a regex constraint with 400, as a backend without regexes would
 
     def do_GET(self):
         type(self).gets.append(self.path)
@@ -253,7 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         type(self).posts.append(self.path)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        sent = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append(sent)
+        if self.refuse_regex and "regex" in sent.get("structured_outputs", {}):
+            self._json({"error": {"message": "regex is not supported by this backend", "code": 400}}, 400)
+            return
         self._json(
             {
                 "id": "x",
@@ -264,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
                     {
                         "index": 0,
                         "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": "hello"},
+                        "message": {"role": "assistant", "content": self.content},
                     }
                 ],
             }
@@ -284,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def old_server():
-    _Handler.posts, _Handler.gets = [], []
+    _Handler.posts, _Handler.gets, _Handler.bodies = [], [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -311,6 +326,31 @@ async def test_the_async_model_checks_the_version_too(old_server):
     with pytest.raises(UnsupportedServerError):
         await model("hi", Regex("a"))
     assert _Handler.posts == []
+
+
+def test_a_server_that_refuses_compact_json_gets_the_plain_schema_with_a_warning(old_server, monkeypatch):
+    monkeypatch.setattr(_Handler, "version", "0.32.0")
+    monkeypatch.setattr(_Handler, "refuse_regex", True)
+    monkeypatch.setattr(_Handler, "content", '{"a":1}')
+    model = from_vllm(openai.OpenAI(base_url=old_server + "/v1", api_key="x", max_retries=0))
+    with pytest.warns(CompactJSONWarning, match="refused compact JSON"):
+        assert model.parse("hi", SCHEMA) == {"a": 1}
+    sent = [body["structured_outputs"] for body in _Handler.bodies]
+    assert list(sent[0]) == ["regex"] and sent[1] == {"json": SCHEMA}
+    assert model.parse("hi", SCHEMA) == {"a": 1}  # remembered: no second refusal
+    assert _Handler.bodies[-1]["structured_outputs"] == {"json": SCHEMA}
+    with pytest.raises(ConstraintRejectedError, match="not supported"):
+        model("hi", Regex("a"))  # a regex of the caller's own has no other form
+
+
+async def test_the_async_model_falls_back_from_compact_json_too(old_server, monkeypatch):
+    monkeypatch.setattr(_Handler, "version", "0.32.0")
+    monkeypatch.setattr(_Handler, "refuse_regex", True)
+    monkeypatch.setattr(_Handler, "content", '{"a":1}')
+    model = from_vllm(openai.AsyncOpenAI(base_url=old_server + "/v1", api_key="x", max_retries=0))
+    with pytest.warns(CompactJSONWarning):
+        assert await model.parse("hi", SCHEMA) == {"a": 1}
+    assert [list(body["structured_outputs"]) for body in _Handler.bodies] == [["regex"], ["json"]]
 
 
 def test_several_served_models_need_a_model_name(old_server, monkeypatch):
@@ -343,5 +383,5 @@ async def test_a_closed_port_raises_server_unavailable_async():
     from outlines_vllm.launch import free_port
 
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="x", max_retries=0)
-    with pytest.raises(ServerUnavailableError, match="start it"):
+    with pytest.raises(ServerUnavailableError, match="Start the server"):
         await from_vllm(client)("hi", Regex("a"))

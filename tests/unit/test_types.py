@@ -6,8 +6,8 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import re
 import sys
-import types
 import uuid
 from typing import Literal
 
@@ -27,7 +27,7 @@ from outlines_vllm import (
     UnsupportedOutputTypeError,
     output_spec,
 )
-from outlines_vllm.types import compact_json_grammar, json_grammar
+from outlines_vllm.compact import json_regex
 
 
 class Character(BaseModel):
@@ -141,7 +141,7 @@ def test_regex_cfg_and_json_object():
     spec = output_spec(JsonObject, compact=False)
     assert spec.constraint.structured_outputs() == {"json_object": True}
     compact = output_spec(JsonObject).constraint.structured_outputs()
-    assert compact == {"grammar": compact_json_grammar({"type": "object"})}
+    assert compact == {"json_object": True, "disable_any_whitespace": True}
     assert spec.parse('{"any": [1]}') == {"any": [1]}
     with pytest.raises(OutputValidationError, match="not a JSON object"):
         spec.parse("[1]")
@@ -154,89 +154,26 @@ def test_free_text_has_no_constraint():
         assert spec.parse(" any text ") == " any text "
 
 
-def test_compact_json_is_a_whitespace_free_grammar_but_still_kind_json():
+def test_compact_json_is_a_whitespace_free_regex_but_still_kind_json():
     spec = output_spec(Character)
     assert spec.kind == "json"
     fields = spec.constraint.structured_outputs()
-    assert list(fields) == ["grammar"]
-    assert fields["grammar"] == compact_json_grammar(Character.model_json_schema())
-    free = "[ \\n\\r\\t]*"  # xgrammar's free JSON whitespace; compact keeps it only in a lookahead
-    assert fields["grammar"].count(free) == 1
+    assert fields == {"regex": json_regex(Character.model_json_schema())}
+    assert re.fullmatch(fields["regex"], '{"name":"Ada","age":36}')
+    assert not re.fullmatch(fields["regex"], '{"name": "Ada", "age": 36}')
     assert output_spec(Character, compact=False).constraint.structured_outputs() == {
         "json": Character.model_json_schema()
     }
+    assert spec.constraint.fallback() == {"json": Character.model_json_schema()}
+    assert output_spec(Character, compact=False).constraint.fallback() is None
 
 
-def test_whitespace_pattern_replaces_free_whitespace_in_the_grammar():
-    grammar = output_spec(Character, whitespace_pattern="[ ]?").constraint.structured_outputs()["grammar"]
-    assert "([ ]?)" in grammar and "[ \\n\\r\\t]*" not in grammar
-    assert grammar == json_grammar(Character.model_json_schema(), "[ ]?")
+def test_whitespace_pattern_is_the_only_whitespace_between_tokens():
+    regex = output_spec(Character, whitespace_pattern="[ ]?").constraint.structured_outputs()["regex"]
+    assert re.fullmatch(regex, '{ "name": "Ada", "age": 36 }')
+    assert not re.fullmatch(regex, '{\n"name":"Ada","age":36}')
     with pytest.raises(InvalidSchemaError, match="whitespace_pattern"):
-        output_spec(Character, whitespace_pattern=r"(\s").constraint.structured_outputs()
-
-
-def test_additional_properties_false_closes_every_object():
-    schema = {
-        "type": "object",
-        "properties": {"inner": {"type": "object", "properties": {"x": {"type": "string"}}}},
-    }
-    closed = output_spec(schema, additional_properties=False).json_schema
-    assert closed["additionalProperties"] is False
-    assert closed["properties"]["inner"]["additionalProperties"] is False
-    assert "additionalProperties" not in schema  # the caller's schema is untouched
-
-
-def test_outlines_type_objects_are_read_by_duck_typing():
-    module = types.ModuleType("outlines.types.dsl")
-
-    def outlines_type(name, **fields):
-        cls = type(name, (), {"__module__": module.__name__})
-        obj = cls()
-        obj.__dict__.update(fields)
-        return obj
-
-    assert output_spec(outlines_type("JsonSchema", schema=json.dumps(SCHEMA))).json_schema == SCHEMA
-    assert output_spec(outlines_type("Regex", pattern="[0-9]+")).constraint.value == "[0-9]+"
-    assert output_spec(outlines_type("CFG", definition="start: 'a'")).kind == "grammar"
-    assert output_spec(outlines_type("Choice", items=["a", "b"])).constraint.value == ["a", "b"]
-    spaced = outlines_type("JsonSchema", schema=json.dumps(SCHEMA), whitespace_pattern="[ ]?")
-    assert output_spec(spaced).constraint.whitespace_pattern == "[ ]?"
-
-
-def test_other_outlines_dsl_terms_become_regexes_through_outlines_to_regex(monkeypatch):
-    dsl = types.ModuleType("outlines.types.dsl")
-    dsl.to_regex = lambda term: f"({term.left}|{term.right})"
-    monkeypatch.setitem(sys.modules, "outlines.types.dsl", dsl)
-    term = type("Alternatives", (), {"__module__": "outlines.types.dsl"})()
-    term.left, term.right = "a", "b"
-    spec = output_spec(term)
-    assert spec.constraint.structured_outputs() == {"regex": "(a|b)"}
-    assert spec.parse("b") == "b"
-
-
-def test_bad_schemas_and_regexes_are_named_errors_before_any_request():
-    with pytest.raises(InvalidSchemaError):
-        JsonSchema("{not json")
-    with pytest.raises(InvalidSchemaError):
-        output_spec({"type": 12})
-    with pytest.raises(InvalidSchemaError):
-        output_spec(Regex("("))
-    with pytest.raises(InvalidSchemaError, match="grammar"):
-        output_spec({"type": "object", "properties": {"a": {"$ref": "#/definitions/nope"}}})
-
-
-def test_pydantic_refusals_become_unsupported_type_errors():
-    import typing
-
-    class Old(typing.TypedDict):  # pydantic needs typing_extensions.TypedDict before Python 3.12
-        x: int
-
-    import sys
-
-    if sys.version_info >= (3, 12):
-        pytest.skip("typing.TypedDict is supported on Python >= 3.12")
-    with pytest.raises(UnsupportedOutputTypeError, match="typing_extensions"):
-        output_spec(Old)
+        output_spec({"type": "number", "minimum": 0.5}, whitespace_pattern="[ ]?")
 
 
 @pytest.mark.parametrize("output_type", [object, 3.5, bytes, Literal[()]])
@@ -249,23 +186,83 @@ def test_unsupported_types_raise_a_type_error_naming_the_type_and_the_options(ou
 
 
 def test_compact_json_accepts_exactly_the_compact_text_with_bounded_numbers():
-    accepts = pytest.importorskip("xgrammar.testing")._is_grammar_accept_string
     schema = {
         "type": "object",
         "properties": {"n": {"type": "integer"}, "x": {"type": "number"}},
         "required": ["n", "x"],
     }
-    grammar = output_spec(schema).constraint.structured_outputs()["grammar"]
-    assert accepts(grammar, '{"n":-1234567890123456,"x":1.5e10}')
-    assert not accepts(grammar, '{"n": 1,"x":1}')  # no free whitespace
-    assert not accepts(grammar, '{"n":12345678901234567,"x":1}')  # 17 digits: a runaway number
-    spaced = output_spec(schema, whitespace_pattern="[ ]?").constraint.structured_outputs()["grammar"]
-    assert accepts(spaced, '{ "n": 1, "x": 2 }')
-    assert not accepts(spaced, '{\n"n":1,"x":2}')
+    regex = output_spec(schema).constraint.structured_outputs()["regex"]
+    assert re.fullmatch(regex, '{"n":-1234567890123456,"x":1.5e10}')
+    assert not re.fullmatch(regex, '{"n": 1,"x":1}')  # no free whitespace
+    assert not re.fullmatch(regex, '{"n":12345678901234567,"x":1}')  # 17 digits: a runaway number
+
+
+@pytest.mark.parametrize(
+    ("bounds", "inside", "outside"),
+    [
+        ({"minimum": 0, "maximum": 120}, [0, 9, 10, 99, 100, 119, 120], [-1, 121, 1000]),
+        ({"minimum": -15, "maximum": -3}, [-15, -10, -9, -3], [-16, -2, 0, 3]),
+        ({"exclusiveMinimum": -2, "exclusiveMaximum": 1000}, [-1, 0, 999], [-2, 1000, -10]),
+        ({"minimum": 1}, [1, 7, 10**15], [0, -1]),
+        ({"maximum": -1}, [-1, -(10**15)], [0, 1]),
+        ({"minimum": 1.5, "maximum": 3.5}, [2, 3], [1, 4]),
+    ],
+)
+def test_bounded_integers_are_exact_in_the_compact_regex(bounds, inside, outside):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", **bounds}}, "required": ["n"]}
+    regex = output_spec(schema).constraint.structured_outputs()["regex"]
+    for n in inside:
+        assert re.fullmatch(regex, f'{{"n":{n}}}'), n
+    for n in outside:
+        assert not re.fullmatch(regex, f'{{"n":{n}}}'), n
+    assert not re.fullmatch(regex, '{"n":007}') and not re.fullmatch(regex, '{"n":-0}')
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object", "properties": {"x": {"type": "number", "minimum": 0}}},  # float bounds
+        {
+            "type": "object",
+            "properties": {"a": {"type": "string"}},
+            "additionalProperties": {"type": "integer"},
+        },
+        {"type": "object"},  # any object: a regex can only cut its depth
+        {
+            "$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}},
+            "$ref": "#/$defs/n",
+        },
+        {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
+    ],
+)
+def test_schemas_a_regex_would_loosen_go_as_hinted_schemas(schema):
+    fields = output_spec(schema).constraint.structured_outputs()
+    assert json_regex(schema) is None
+    assert fields["disable_any_whitespace"] is True
+    assert fields["json"]["x-guidance"] == {
+        "whitespace_flexible": False,
+        "item_separator": ",",
+        "key_separator": ":",
+    }
+    assert {k: v for k, v in fields["json"].items() if k != "x-guidance"} == schema
 
 
 def test_compact_json_keeps_the_models_field_order():
-    accepts = pytest.importorskip("xgrammar.testing")._is_grammar_accept_string
-    grammar = output_spec(Character).constraint.structured_outputs()["grammar"]
-    assert accepts(grammar, '{"name":"Ada","age":36}')  # declared order, as Pydantic writes it
-    assert not accepts(grammar, '{"age":36,"name":"Ada"}')
+    regex = output_spec(Character).constraint.structured_outputs()["regex"]
+    assert re.fullmatch(regex, '{"name":"Ada","age":36}')  # declared order, as Pydantic writes it
+    assert not re.fullmatch(regex, '{"age":36,"name":"Ada"}')
+
+
+def test_the_client_builds_constraints_without_torch_or_xgrammar():
+    import subprocess
+
+    code = (
+        "import sys, outlines_vllm as o\n"
+        "from pydantic import BaseModel\n"
+        "class C(BaseModel):\n    name: str\n    age: int\n"
+        "o.output_spec(C).constraint.structured_outputs()\n"
+        "heavy = {'torch', 'xgrammar', 'vllm', 'ray'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
