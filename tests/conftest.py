@@ -119,3 +119,47 @@ def ray_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         leftovers = app.stop()
         assert in_flight.result(timeout=120) == 200, "stopping the app must drain in-flight requests"
         assert not leftovers, f"engine processes {leftovers} outlived the Ray app"
+
+
+ENGINE_FIXTURES.add("tiny_ray_app")
+TINY_MODELS = ("tiny-a", "tiny-b")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer dummy-weight model with the default model's tokenizer (no weights on disk):
+    engines that start fast and use little memory, for the serving tests that need several."""
+    from outlines_vllm.bench.serving import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("tiny-model"), model_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_ray_app(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``outlines-vllm serve --config``: two dummy-weight models in one app, ``tiny-a``
+    autoscaling 1-2 replicas on short delays, ``tiny-b`` one replica (half a core each)."""
+    from tests.ray_app import RayApp
+
+    engine = {"load_format": "dummy"}
+    common = {"model": str(tiny_model_path), "engine": engine, "replica_cpus": 0.5}
+    config = {
+        "models": [
+            {
+                **common,
+                "name": "tiny-a",
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_ongoing_requests": 2,
+                "upscale_delay_s": 2,
+                "downscale_delay_s": 6,
+            },
+            {**common, "name": "tiny-b", "replicas": 1},
+        ]
+    }
+    log = tmp_path_factory.mktemp("tiny-ray-app") / "serve.log"
+    app = RayApp(None, log, config=config, expect={"tiny-a": 1, "tiny-b": 1}).start()
+    try:
+        yield app
+    finally:
+        leftovers = app.stop()
+        assert not leftovers, f"engine processes {leftovers} outlived the Ray app"

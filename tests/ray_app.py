@@ -28,17 +28,33 @@ API_KEY = "test-key"
 
 
 class RayApp:
-    def __init__(self, model: Path, log_path: Path, *, replicas: int = 2) -> None:
+    """``outlines-vllm serve`` of ``model`` (``replicas`` fixed), or of a whole app ``config``
+    (the ``args`` of a Serve config file) when given; ``expect`` = {model: healthy replicas}."""
+
+    def __init__(
+        self,
+        model: Path | None,
+        log_path: Path,
+        *,
+        replicas: int = 2,
+        config: dict | None = None,
+        expect: dict[str, int] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_key = API_KEY
         self.log_path = log_path
+        if config is not None:
+            path = log_path.with_suffix(".config.json")
+            path.write_text(json.dumps(config))
+            target = ["--config", str(path)]
+        else:
+            target = ["--model", str(model), "--name", SERVED_NAME, "--replicas", str(replicas)]
         self.command = [
-            sys.executable, "-m", "outlines_vllm.cli", "serve",
-            "--model", str(model), "--name", SERVED_NAME,
-            "--replicas", str(replicas), "--api-key", API_KEY,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "-m", "outlines_vllm.cli", "serve", *target,
+            "--api-key", API_KEY, "--host", "127.0.0.1", "--port", str(self.port),
         ]  # fmt: skip
+        self.expect = expect or {SERVED_NAME: replicas}
         self.replicas = replicas
         self.owner = uuid.uuid4().hex  # marks this app's engine processes apart from other runs'
         self.process: subprocess.Popen[bytes] | None = None
@@ -55,7 +71,7 @@ class RayApp:
                 raise RuntimeError(
                     f"outlines-vllm serve exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            if self.healthy_replicas() == self.replicas:
+            if self.replica_counts() == self.expect:
                 return self
             time.sleep(2.0)
         self.stop()
@@ -70,11 +86,18 @@ class RayApp:
         except (urllib.error.URLError, OSError):
             return 0, b""
 
-    def healthy_replicas(self) -> int:
+    def replica_counts(self) -> dict[str, int]:
+        """``{model: healthy replicas}`` from ``/health`` (empty while the app is not up)."""
         status, body = self.get("/health")
         if status not in (200, 503) or not body:
-            return 0
-        return int(json.loads(body).get("replicas", {}).get(SERVED_NAME, 0))
+            return {}
+        try:
+            return {k: int(v) for k, v in json.loads(body).get("replicas", {}).items()}
+        except (ValueError, AttributeError):  # the proxy's own 503 page while no replica is up
+            return {}
+
+    def healthy_replicas(self, model: str = SERVED_NAME) -> int:
+        return self.replica_counts().get(model, 0)
 
     def metrics(self) -> Samples:
         """``{sample name: [(labels, value), ...]}`` from the ingress's /metrics."""

@@ -76,6 +76,35 @@ def add_parser(commands: Any) -> None:
     compliance.add_argument("--out", type=Path, default=DEFAULT_OUT / "compliance", help="folder for results")
     compliance.set_defaults(run=_compliance)
 
+    serving = modes.add_parser(
+        "serving",
+        help="the Ray Serve app's cost: one replica, direct vs through the app, alternating",
+        description="Deploy the Ray Serve app with one replica and send the same streamed load to the "
+        "replica's own engine endpoint and through the app, alternating, at each concurrency.",
+    )
+    serving.add_argument(
+        "--model", default="default", help="'default', 'tiny' (dummy weights, made on the fly) or a folder"
+    )
+    serving.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    serving.add_argument("--repeats", type=int, default=3, help="runs per path and concurrency")
+    serving.add_argument(
+        "--requests",
+        type=int,
+        nargs="+",
+        help="requests per run, one per concurrency (default 8 at c=1, 3c else)",
+    )
+    serving.add_argument("--max-tokens", type=int, default=48)
+    serving.add_argument("--prompt-words", type=int, default=48)
+    serving.add_argument("--port", type=int, default=8000, help="the app's HTTP port")
+    serving.add_argument(
+        "--proxy",
+        default="haproxy",
+        choices=["haproxy", "serve"],
+        help="the HTTP proxy in front of the replicas",
+    )
+    serving.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "serving-latest")
+    serving.set_defaults(run=_serving)
+
     client = modes.add_parser("client", help="client CPU of this package against the raw openai SDK")
     client.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "client")
     client.add_argument("--processes", type=int, default=5, help="fresh processes per path (first call)")
@@ -219,4 +248,18 @@ def _client(args: argparse.Namespace) -> int:
     from .client_cost import run
 
     run(args.out, processes=args.processes, requests=args.requests)
+    return 0
+
+
+def _serving(args: argparse.Namespace) -> int:
+    from ..server.app import DESIGN
+    from .serving import Plan, run
+
+    requests = {c: (8 if c == 1 else 3 * c) for c in args.concurrency}
+    if args.requests:
+        if len(args.requests) != len(args.concurrency):
+            raise SystemExit("outlines-vllm bench serving: give one --requests value per --concurrency level")
+        requests = dict(zip(args.concurrency, args.requests, strict=True))
+    plan = Plan(args.concurrency, args.repeats, requests, args.max_tokens, args.prompt_words)
+    run(args.model, plan, args.out, port=args.port, design=DESIGN, command=command_line(), proxy=args.proxy)
     return 0

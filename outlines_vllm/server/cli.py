@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -13,6 +14,12 @@ def add_parser(commands: Any) -> None:
         description="Run vLLM server replicas on Ray Serve behind one OpenAI-compatible ingress "
         "(/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics). "
         "Flags after '--' go to every replica's vLLM server.",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        help="an app config file (YAML/JSON: the 'args' of server/serve-config.yaml, any number of "
+        "models); replaces the model and scaling flags",
     )
     serve.add_argument("--model", default="default", help="model folder or name (default: the default model)")
     serve.add_argument(
@@ -35,12 +42,28 @@ def add_parser(commands: Any) -> None:
     serve.add_argument(
         "--ray-address", help="join this Ray cluster ('auto' for the local one) instead of starting Ray"
     )
+    serve.add_argument(
+        "--proxy",
+        default="haproxy",
+        choices=["haproxy", "serve"],
+        help="HTTP proxy in front of the replicas when this command starts Ray (default haproxy)",
+    )
     serve.add_argument("vllm_args", nargs="*", help="after '--': extra vLLM server flags")
     serve.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from .config import AppConfig
+
+    if args.config is not None:
+        import yaml
+
+        data = yaml.safe_load(args.config.read_text()) or {}
+        if "applications" in data:  # a whole Serve config file: take the app's args
+            data = data["applications"][0].get("args", {})
+        if args.api_key:
+            data["api_key"] = args.api_key
+        return AppConfig.model_validate(data)
 
     model: dict[str, Any] = {
         "model": args.model,
@@ -64,5 +87,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from .app import run as run_app
 
-    run_app(config_from_args(args), host=args.host, port=args.port, ray_address=args.ray_address)
+    run_app(
+        config_from_args(args), host=args.host, port=args.port, ray_address=args.ray_address, proxy=args.proxy
+    )
     return 0

@@ -27,7 +27,10 @@ class ModelConfig(BaseModel):
     max_ongoing_requests: int = Field(64, ge=1, description="requests a replica takes at once")
     upscale_delay_s: float = Field(30, ge=0, description="load must last this long before adding a replica")
     downscale_delay_s: float = Field(600, ge=0, description="idle time before removing a replica")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica (one node)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per pipeline stage (one node)")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="pipeline stages; > 1 reserves a Ray placement group that may span nodes"
+    )
     replica_cpus: float = Field(1, ge=0, description="CPUs Ray reserves per replica")
     gpus_per_replica: float | None = Field(
         None,
@@ -69,7 +72,7 @@ class ModelConfig(BaseModel):
 
 
 class AppConfig(BaseModel):
-    """The whole app: its models, and the ingress's security and health settings.
+    """The whole app: its models, and the security and health settings every replica applies.
 
     A single-model shorthand is accepted: ``{"model": ..., "replicas": 2}`` means
     ``{"models": [{"model": ..., "replicas": 2}]}``.
@@ -80,12 +83,10 @@ class AppConfig(BaseModel):
     models: list[ModelConfig] = Field(default_factory=lambda: [ModelConfig()], min_length=1)
     api_key: str | None = Field(None, description=f"required on /v1/* when set (else ${API_KEY_ENV})")
     max_body_bytes: int = Field(4 << 20, ge=1024, description="larger request bodies get 413")
-    ingress_replicas: int = Field(1, ge=1)
     health_check_period_s: float = Field(2.0, gt=0)
     health_check_timeout_s: float = Field(10.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(30.0, ge=0, description="drain time for in-flight requests")
     metrics_push_period_s: float = Field(2.0, gt=0, description="how often replicas publish vllm: metrics")
-    route_retries: int = Field(3, ge=0, description="re-routes when a replica's engine is unreachable")
 
     @model_validator(mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 
-class _Families:
+class Families:
     def __init__(self, families: Iterable[Metric]) -> None:
         self.families = list(families)
 
@@ -35,5 +35,5 @@ def merge(sources: Iterable[tuple[str, Mapping[str, str]]]) -> bytes:
                 continue  # two processes disagree on a family's type: keep the first
             merged.samples.extend(s._replace(labels={**s.labels, **labels}) for s in family.samples)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families.values()))  # type: ignore[arg-type]
+    registry.register(Families(families.values()))  # type: ignore[arg-type]
     return generate_latest(registry)

@@ -68,6 +68,8 @@ def inspect_request(
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(400, "request body is nested too deeply to parse; flatten it") from None
     if not isinstance(body, dict):
         raise BadRequest(400, f"request body must be a JSON object, got {type(body).__name__}")
 
@@ -231,3 +233,5 @@ def _spec(output_type: Callable[[], Any], where: str) -> OutputSpec:
         return output_spec(output_type(), compact=False)
     except (OutlinesVLLMError, ValueError, TypeError) as exc:
         raise BadRequest(400, f"invalid '{where}': {exc}", where) from None
+    except RecursionError:
+        raise BadRequest(400, f"'{where}' is nested too deeply; flatten it", where) from None

@@ -6,6 +6,7 @@ Also the API key: /v1/* answers 401 without it, /health and /metrics stay open.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -116,6 +117,11 @@ def cases() -> list[tuple[str, str, bytes]]:
     out += [("bad completion", COMPLETIONS, json.dumps(body).encode()) for body in BAD_COMPLETIONS]
     out += [("unknown model", CHAT, json.dumps(body).encode()) for body in UNKNOWN_MODELS]
     out += [("engine refusal", CHAT, json.dumps(body).encode()) for body in ENGINE_REFUSALS]
+    deep_body = b'{"model": "smollm2", "a": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5001
+    level = b'{"type": "object", "required": ["a"], "properties": {"a": '
+    deep_schema = level * 300 + b'{"type": "string"}' + b"}}" * 300  # as text: json.dumps would recurse
+    so_deep = json.dumps(so(json={})).encode().replace(b'"json": {}', b'"json": ' + deep_schema)
+    out += [("nested thousands deep", CHAT, deep_body), ("schema nested 300 deep", CHAT, so_deep)]
     huge = json.dumps(chat(messages=[{"role": "user", "content": "x" * (5 << 20)}])).encode()
     out += [("oversized body", CHAT, huge), ("oversized body", COMPLETIONS, huge)]
     return out
@@ -144,6 +150,7 @@ def test_malformed_requests_get_4xx_with_a_reason_and_never_5xx(ray_server: Any)
         ok = client.post(CHAT, json=chat(), headers=headers)
         assert ok.status_code == 200, ok.text
     assert not failures, failures
+    time.sleep(3)  # replicas publish their metrics every 2 s
     after = ray_server.metrics()
     counted = sum(
         metric_sum(after, "outlines_vllm_requests_total", status=code)

@@ -12,12 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from outlines_vllm import metrics
 from outlines_vllm.cli import build_parser
-from outlines_vllm.server.app import engine_options
+from outlines_vllm.server.app import engine_options, placement_bundles
 from outlines_vllm.server.cli import config_from_args
 from outlines_vllm.server.config import AppConfig, ModelConfig
 from outlines_vllm.server.exposition import merge
 from outlines_vllm.server.observe import Observation
-from outlines_vllm.server.replica import cpu_cores
+from outlines_vllm.server.replica import cpu_cores, parse_vllm_args, vllm_argv
 from outlines_vllm.server.validation import CHAT, COMPLETIONS, BadRequest, inspect_request
 
 CONFIG = Path(__file__).resolve().parents[2] / "server" / "serve-config.yaml"
@@ -169,17 +169,72 @@ def test_serve_config_file_is_a_valid_app_config() -> None:
     assert options["graceful_shutdown_timeout_s"] == 30 and options["ray_actor_options"]["num_gpus"] in (0, 1)
 
 
-def test_build_app_makes_an_ingress_hub_and_one_engine_deployment_per_model() -> None:
+def test_build_app_makes_the_first_models_deployment_the_ingress_and_routes_to_the_others() -> None:
     from outlines_vllm.server.app import build_app
 
     app = build_app({"models": [{"model": "a", "name": "a", "replicas": 2}, {"model": "b", "name": "b"}]})
-    assert app._bound_deployment.name == "ingress"
-    engines = app._bound_deployment.init_args[0]
-    assert {name: e._bound_deployment.name for name, e in engines.items()} == {
-        "a": "engine-a",
-        "b": "engine-b",
+    first = app._bound_deployment
+    assert first.name == "engine-a" and first._deployment_config.num_replicas == 2
+    model, others, hub, config = first.init_args
+    assert model.served_name == "a" and [m.served_name for m in config.models] == ["a", "b"]
+    assert {name: d._bound_deployment.name for name, d in others.items()} == {"b": "engine-b"}
+    assert others["b"]._bound_deployment.init_args[1] == {}  # b serves only itself
+    # One HTTP (ASGI) deployment per app, as Serve requires: only the first model's.
+    assert hasattr(first.func_or_class, "_set_asgi_app")
+    assert not hasattr(others["b"]._bound_deployment.func_or_class, "_set_asgi_app")
+    assert hub._bound_deployment.name == "metrics-hub"
+
+
+def test_replicas_within_a_node_reserve_gpus_and_no_placement_group() -> None:
+    model = ModelConfig(model="m", tensor_parallel_size=4, gpus_per_replica=4)
+    options = engine_options(model, AppConfig(models=[model]))
+    assert options["ray_actor_options"] | {"runtime_env": None} == {
+        "num_cpus": 1,
+        "num_gpus": 4,
+        "runtime_env": None,
     }
-    assert engines["a"]._bound_deployment._deployment_config.num_replicas == 2
+    assert "placement_group_bundles" not in options
+    assert placement_bundles(model, 4) is None
+
+
+def test_pipeline_parallel_replicas_ask_ray_for_one_bundle_per_worker_across_nodes() -> None:
+    model = ModelConfig(
+        model="m", tensor_parallel_size=2, pipeline_parallel_size=2, gpus_per_replica=1, replica_cpus=2
+    )
+    options = engine_options(model, AppConfig(models=[model]))
+    assert options["placement_group_bundles"] == [
+        {"GPU": 1.0, "CPU": 2.0},
+        {"GPU": 1.0},
+        {"GPU": 1.0},
+        {"GPU": 1.0},
+    ]
+    assert options["placement_group_strategy"] == "PACK"  # stages may sit on different nodes
+    assert (options["ray_actor_options"]["num_cpus"], options["ray_actor_options"]["num_gpus"]) == (2, 0)
+    # CPU-only cluster: a CPU per worker instead of a GPU.
+    cpu = ModelConfig(model="m", pipeline_parallel_size=2, gpus_per_replica=0)
+    assert placement_bundles(cpu, 0) == [{"CPU": 2.0}, {"CPU": 1.0}]
+    argv = vllm_argv(model, "/models/m")
+    assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "ray"
+
+
+def test_engine_options_reach_vllm_through_engine_kwargs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "outlines_vllm.server.replica.engine_kwargs", lambda **kw: {"project_default": 1, **kw}
+    )
+    argv = vllm_argv(
+        ModelConfig(model="m", name="x", engine={"max_num_seqs": 8}, vllm_args=["--seed", "1"]), "/m"
+    )
+    assert argv[:4] == ["--model", "/m", "--served-model-name", "x"]
+    assert argv[-2:] == ["--seed", "1"]
+    assert "--project-default" in argv and argv[argv.index("--max-num-seqs") + 1] == "8"
+    monkeypatch.undo()
+    so = {"backend": "xgrammar", "disable_any_whitespace": True}  # a config object: JSON for vLLM
+    argv = vllm_argv(ModelConfig(model="m", engine={"structured_outputs_config": so}), "/m")
+    assert json.loads(argv[argv.index("--structured-outputs-config") + 1]) == so
+    args = parse_vllm_args(argv)
+    assert args.structured_outputs_config.disable_any_whitespace is True
 
 
 def test_config_rejects_typos_and_duplicate_names() -> None:
