@@ -15,7 +15,6 @@ CPU time is ``time.process_time()``: waiting for the server is not counted.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
+
+from .report import save
 
 STUB_SERVER = textwrap.dedent(
     """
@@ -121,11 +122,8 @@ def run(out: Path, *, processes: int = 5, requests: int = 200, blocks: int = 6) 
         "blocks": blocks,
         "python": sys.version.split()[0],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    _plot(results, out / "client_cpu.png")
     print(markdown(results))
+    save(out, results, markdown(results), lambda path: _plot(results, path), "client_cpu.png")
     return results
 
 

@@ -190,9 +190,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
 
 
 def publish(document: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(document))
-    plot(document, out / "compliance.png")
+    from .report import save
+
     print(markdown(document))
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'compliance.png'}")
+    save(out, document, markdown(document), lambda path: plot(document, path), "compliance.png")

@@ -57,15 +57,12 @@ def load_run(out: str | Path) -> dict[str, Any]:
 
 def publish(result: dict[str, Any], out: str | Path) -> int:
     """Write ``results.json``, ``results.md`` and the plot; print the table."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .report import save
+
     document = aggregate(result)
     document["refusals"] = common_refusals(result["records"])
-    (out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(document))
-    plot(result["records"], out / PLOT)
     print(table(document))
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / PLOT}")
+    save(out, document, markdown(document), lambda path: plot(result["records"], path), PLOT)
     return 0
 
 

@@ -6,10 +6,26 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 PLOTS = ("throughput_vs_concurrency.png", "latency_percentiles.png", "validity.png")
+
+
+def save(
+    out_dir: str | Path, document: dict[str, Any], text: str, plot: Callable[[Path], None], png: str
+) -> list[Path]:
+    """What every benchmark leaves behind: ``results.json``, ``results.md`` (``text``) and the
+    plot ``png`` drawn by ``plot`` into ``out_dir``; prints where they are."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "results.json", out / "results.md", out / png]
+    files[0].write_text(json.dumps(document, indent=2, default=str) + "\n")
+    files[1].write_text(text)
+    plot(files[2])
+    print("wrote " + ", ".join(str(path) for path in files))
+    return files
 
 
 def write(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

@@ -423,12 +423,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def publish(results: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    plot(results, out / "serving_overhead.png")
+    from .report import save
+
     print(markdown(results))
-    print(f"wrote {out}/results.json, results.md, serving_overhead.png")
+    save(out, results, markdown(results), lambda path: plot(results, path), "serving_overhead.png")
 
 
 # --- the run -----------------------------------------------------------------------------------------
