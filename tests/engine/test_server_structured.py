@@ -140,13 +140,21 @@ def test_online_models_work_against_the_ingress(ray_server: Any) -> None:
     assert isinstance(person, Person)
     assert model("Pick a color.", outlines_vllm.Choice(COLORS), max_tokens=5) in COLORS
     assert "".join(model.stream("Invent a person.", Person, max_tokens=60)).startswith("{")
-    time.sleep(3)  # other replicas publish their metrics every 2 s
-    after = ray_server.metrics()
-    # Compact JSON travels as a grammar; the client's X-Outlines-Constraint header labels it json.
-    json_done = metric_sum(after, "outlines_vllm_requests_total", constraint="json", status="200")
-    assert (
-        json_done - metric_sum(before, "outlines_vllm_requests_total", constraint="json", status="200") == 2
+
+    # Compact JSON travels as a regex; the client's X-Outlines-Constraint header labels it json.
+    # Other replicas publish their metrics every 2 s: wait (bounded) until both requests show.
+    def json_done() -> float:
+        return metric_sum(
+            ray_server.metrics(), "outlines_vllm_requests_total", constraint="json", status="200"
+        )
+
+    start, deadline = (
+        metric_sum(before, "outlines_vllm_requests_total", constraint="json", status="200"),
+        time.monotonic() + 30,
     )
+    while (counted := json_done() - start) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert counted == 2
 
 
 async def test_async_online_model_streams_through_the_ingress(ray_server: Any) -> None:
