@@ -204,6 +204,8 @@ class Gate:
 
 
 def _header(scope: Scope, name: bytes) -> str:
+    """A request header's value ("" when absent); ASGI gives header names in lower case."""
+    name = name.lower()
     for key, value in scope.get("headers") or ():
         if key == name:
             return value.decode("latin-1")

@@ -160,3 +160,12 @@ def test_a_constraint_the_engine_cannot_compile_is_a_400_naming_it_while_the_eng
     host.dead = False
     unconstrained = request(gate, "/v1/completions", {"model": "a", "prompt": "BOOM"})
     assert unconstrained[0] == 500  # not the client's fault: stays a 5xx
+
+
+def test_the_constraint_header_is_found_whatever_case_the_client_wrote():
+    from outlines_vllm.server.gate import _header
+    from outlines_vllm.types import CONSTRAINT_HEADER
+
+    scope = {"headers": [(b"x-outlines-constraint", b"json")]}  # ASGI lower-cases header names
+    assert _header(scope, CONSTRAINT_HEADER.encode()) == "json"
+    assert _header(scope, b"authorization") == ""
