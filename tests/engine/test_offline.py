@@ -85,7 +85,7 @@ EVERY_TYPE = [
     ("Give a random UUID.", uuid.UUID, uuid.UUID),
     ("Give a US zip code.", Regex(r"[0-9]{5}"), str),
     ("Add two small numbers.", CFG(ARITHMETIC), str),
-    ("Describe a house as a JSON object with three keys.", JsonObject, dict),
+    ("Describe a cat as a JSON object with two keys.", JsonObject, dict),
 ]
 
 
