@@ -71,7 +71,11 @@ class RayApp:
                 raise RuntimeError(
                     f"outlines-vllm serve exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            if self.replica_counts() == self.expect:
+            # "serving" is printed once HAProxy routes to every replica, not only Serve
+            if (
+                self.replica_counts() == self.expect
+                and b"outlines-vllm: serving" in self.log_path.read_bytes()
+            ):
                 return self
             time.sleep(2.0)
         self.stop()

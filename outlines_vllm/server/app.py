@@ -12,11 +12,13 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
-
-from ray.serve import Application
+from typing import TYPE_CHECKING, Any
 
 from .config import AppConfig, ModelConfig
+from .proxy import private_haproxy_env, proxy_env, wait_for_haproxy
+
+if TYPE_CHECKING:  # ray.serve is imported only once the proxy environment is set (deployed)
+    from ray.serve import Application
 
 APP_NAME = "outlines-vllm"
 # What a request crosses, as the serving benchmark labels its results.
@@ -54,7 +56,37 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     # reached through handles (``EngineReplica.serve_forwarded``), running the same gate.
     first, *rest = config.models
     others = {m.served_name: deployment(m, EngineReplica).bind(m, {}, hub, config) for m in rest}
-    return deployment(first, serve.ingress()(EngineReplica)).bind(first, others, hub, config)
+    ingress = deployment(first, serve.ingress()(EngineReplica)).bind(first, others, hub, config)
+    if first.routing == "prefix_affinity":
+        ingress = ingress._with_ingress_request_router(_request_router(ingress))
+    return ingress
+
+
+# Ray Serve LLM's prefix-cache-aware policy, made to learn behind HAProxy (routing.py):
+# requests whose prompts share a prefix go to the replica that holds it while loads stay close.
+PREFIX_ROUTER = "outlines_vllm.server.routing.PrefixAffinityRouter"
+
+
+def _request_router(ingress: Application) -> Application:
+    """The ingress's request router: HAProxy balances on its own and never asks Serve's router,
+    so with ``prefix_affinity`` HAProxy first asks this deployment (Ray Serve LLM's ``LLMRouter``,
+    fed the request body) which replica to use, the ingress deployment's router deciding."""
+    from ray import serve
+    from ray.llm._internal.serve.core.ingress.router import LLMRouter
+
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        raise ValueError(
+            "routing: prefix_affinity needs the HAProxy proxy (outlines-vllm serve's default; "
+            "on your own cluster set the variables of proxy.proxy_env('haproxy') on every node)"
+        )
+    router = serve.deployment(
+        LLMRouter,
+        name="request-router",
+        max_ongoing_requests=1000,  # on every request's path: must never be the queue
+        ray_actor_options={"num_cpus": 0},
+        logging_config={"enable_access_log": False},
+    )
+    return router.bind(server=ingress)
 
 
 def engine_options(model: ModelConfig, config: AppConfig) -> dict[str, Any]:
@@ -76,6 +108,8 @@ def engine_options(model: ModelConfig, config: AppConfig) -> dict[str, Any]:
         options["ray_actor_options"] |= {"num_gpus": 0}
         options["placement_group_bundles"] = bundles
         options["placement_group_strategy"] = "PACK"
+    if model.routing == "prefix_affinity":
+        options["request_router_config"] = {"request_router_class": PREFIX_ROUTER}
     if model.replicas is not None:
         options["num_replicas"] = model.replicas
     else:
@@ -138,42 +172,6 @@ def run(
         print("outlines-vllm: draining in-flight requests and stopping...", flush=True)
 
 
-PROXIES = ("haproxy", "serve")
-
-
-def proxy_env(proxy: str) -> dict[str, str]:
-    """Ray Serve's environment for ``proxy``: ``haproxy`` (default) puts HAProxy on the HTTP
-    port, forwarding each connection straight to an engine replica's own HTTP server (Serve's
-    direct ingress); ``serve`` keeps Serve's Python proxy, which relays every streamed chunk
-    through a Ray call (measured: server/README.md). Set the same variables on a Ray cluster
-    you start yourself (KubeRay: k8s/overlays/ray)."""
-    if proxy not in PROXIES:
-        raise ValueError(f"proxy must be one of {PROXIES}, got {proxy!r}")
-    on = "1" if proxy == "haproxy" else "0"
-    return {"RAY_SERVE_ENABLE_HA_PROXY": on, "RAY_SERVE_ENABLE_DIRECT_INGRESS": on}
-
-
-def private_haproxy_env() -> dict[str, str]:
-    """Ports and files of its own for the HAProxy of a Ray cluster this process starts (Serve's
-    defaults, :9101, :8404 and /tmp/haproxy-serve, collide when two apps run on one machine,
-    e.g. two test fixtures); variables already set win."""
-    import tempfile
-
-    from ..launch import free_port
-
-    folder = tempfile.mkdtemp(prefix="ovh", dir="/tmp")  # unix socket paths: at most 97 bytes
-    env = {
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{folder}/admin.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{folder}/server-state",
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{folder}/metrics.sock",
-    }
-    return {k: v for k, v in env.items() if k not in os.environ}
-
-
 @contextlib.contextmanager
 def deployed(
     config: AppConfig,
@@ -185,17 +183,17 @@ def deployed(
 ) -> Iterator[None]:
     """The app deployed and healthy for the ``with`` body (Ray started or joined), then drained
     and, when this call started Ray, Ray stopped. ``run`` and ``bench serving`` use it."""
-    import ray
-    from ray import serve
-
     # "local": a cluster of our own even when another Ray runs on this machine.
     own_cluster = ray_address is None
-    if own_cluster:  # read by the Serve controller and replicas, which inherit this environment
+    if own_cluster:  # read by Serve here, in its controller and in replicas (they inherit it)
         os.environ.update(proxy_env(proxy))
         # Ray renices its workers by 15; here the workers are the engines, the whole workload.
         os.environ.setdefault("RAY_worker_niceness", "0")
         if proxy == "haproxy":
             os.environ.update(private_haproxy_env())
+    import ray  # only now: Ray reads the proxy variables when imported
+    from ray import serve
+
     ray.init(address=ray_address or "local", include_dashboard=False, logging_level="warning")
     try:
         serve.start(http_options={"host": host, "port": port})
@@ -206,6 +204,9 @@ def deployed(
         _with_progress(
             lambda: serve.run(app, name=APP_NAME, route_prefix="/"), config, f"http://{local}:{port}/health"
         )
+        if proxy == "haproxy" and own_cluster:
+            first = config.models[0]  # the HTTP ingress: HAProxy routes to its replicas
+            wait_for_haproxy(first.replicas or max(first.min_replicas, 1))
         yield
     finally:
         # Deleting the app first drains it: the proxy still delivers in-flight responses while
