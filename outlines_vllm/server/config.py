@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,12 @@ class ModelConfig(BaseModel):
         None,
         ge=0,
         description="GPUs Ray reserves per replica; default: tensor_parallel_size if the cluster has GPUs",
+    )
+    routing: Literal["balanced", "prefix_affinity"] = Field(
+        "balanced",
+        description="how a request picks a replica: 'balanced' (the less loaded of two) or "
+        "'prefix_affinity' (the replica that already holds the prompt's prefix in its cache, "
+        "while loads stay close; needs the HAProxy proxy)",
     )
     engine: dict[str, Any] = Field(default_factory=dict, description="engine_kwargs() overrides")
     vllm_args: list[str] = Field(default_factory=list, description="extra api_server flags")

@@ -31,6 +31,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 GENERATE = (CHAT, COMPLETIONS)
+# Which replica served a response (its Serve replica id): for operators, and the routing tests.
+REPLICA_HEADER = b"x-outlines-replica"
 
 
 def error_body(message: str, status: int, error_type: str = "server_error") -> bytes:
@@ -114,7 +116,7 @@ class Gate:
             await respond(send, exc.status, json.dumps(exc.body()).encode())
             return
         if info.model != self.host.model:  # another model's deployment serves and counts it
-            await self.host.forward(info.model, scope, raw, send)
+            await self.host.forward(info, scope, send)
             return
         observation.routed(info)
         observation.replica = self.host.replica
@@ -132,6 +134,7 @@ class Gate:
             return {"type": "http.request", "body": info.body, "more_body": False}
 
         status = 500
+        replica_header = (REPLICA_HEADER, self.host.replica.encode())
         whole: list[bytes] = []
         failed: list[bytes] = []  # a constrained request's 5xx body, held back (see below)
 
@@ -141,6 +144,7 @@ class Gate:
                 status = message["status"]
                 if status >= 500 and info.kind != "none":
                     return  # sent (as a 4xx if the engine is fine) once the body is in
+                message = {**message, "headers": [*message.get("headers", ()), replica_header]}
             elif message["type"] == "http.response.body":
                 chunk = message.get("body", b"")
                 if failed or (status >= 500 and info.kind != "none"):

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -34,6 +35,7 @@ from .config import AppConfig, ModelConfig
 from .exposition import Families, merge
 from .gate import Gate, Message, Scope, Send, call, error_body, respond
 from .reaper import REPLICA_ENV
+from .validation import RequestInfo
 
 logger = logging.getLogger("ray.serve")
 
@@ -130,15 +132,18 @@ class EngineReplica:
             return f"replica {self.replica}: its vLLM engine is dead and is being replaced; retry"
         return None
 
-    async def forward(self, model: str, scope: Scope, body: bytes, send: Send) -> None:
-        """Serve a request for another model through a replica of that model's deployment."""
+    async def forward(self, info: RequestInfo, scope: Scope, send: Send) -> None:
+        """Serve a request for another model through a replica of that model's deployment
+        (its request router picks the replica; a prefix-affinity one reads ``routing``)."""
+        model = info.model
         scope = {
             k: v
             for k, v in scope.items()
             if k
             in ("type", "http_version", "method", "path", "headers", "query_string", "scheme", "root_path")
         }
-        stream = self.others[model].options(stream=True).serve_forwarded.remote(scope, body)
+        routing = SimpleNamespace(**info.routing)
+        stream = self.others[model].options(stream=True).serve_forwarded.remote(routing, scope, info.body)
         started = False
         try:
             async for message in stream:
@@ -149,8 +154,9 @@ class EngineReplica:
                 raise
             await respond(send, 503, error_body(f"the replica of {model!r} failed: {exc}; retry", 503))
 
-    async def serve_forwarded(self, scope: Scope, body: bytes) -> AsyncIterator[Message]:
-        """The other end of :meth:`forward`: run the gate here and stream its ASGI messages."""
+    async def serve_forwarded(self, routing: Any, scope: Scope, body: bytes) -> AsyncIterator[Message]:
+        """The other end of :meth:`forward`: run the gate here and stream its ASGI messages
+        (``routing`` was for the request router)."""
         async for message in call(self.gate, scope, body):
             yield message
 

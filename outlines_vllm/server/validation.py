@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import OutlinesVLLMError
@@ -58,6 +58,8 @@ class RequestInfo:
     kind: str  # metrics label: the constraint kind or "none"
     spec: OutputSpec | None  # parses finished outputs, when the constraint can be checked here
     json_text: bool = False  # a grammar the client says produces JSON: check it parses
+    # {"messages": ...} or {"prompt": ...}: what a prefix-affinity router reads off a request
+    routing: dict[str, Any] = field(default_factory=dict)
 
 
 def inspect_request(
@@ -103,7 +105,9 @@ def inspect_request(
         # Compact JSON travels as a regex (or a grammar): the header says the text is JSON.
         json_text = json_text or (header_kind == "json" and kind in ("regex", "grammar"))
         kind = header_kind
-    return RequestInfo(raw, model, bool(body.get("stream", False)), kind, spec, json_text)
+    field_name = "messages" if endpoint == CHAT else "prompt"
+    routing = {field_name: body.get(field_name)}
+    return RequestInfo(raw, model, bool(body.get("stream", False)), kind, spec, json_text, routing)
 
 
 def _check_messages(messages: Any) -> None:

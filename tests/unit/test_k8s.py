@@ -326,6 +326,19 @@ def test_rayservice_runs_the_serve_config_of_server_with_gpu_values(built: dict)
     assert next(p for p in container(head)["ports"] if p["name"] == "serve")["containerPort"] == 8000
 
 
+def test_every_ray_node_gets_the_haproxy_environment(built: dict) -> None:
+    """Ray reads the proxy variables on each node: head and workers get exactly proxy_env's."""
+    from outlines_vllm.server.proxy import proxy_env
+
+    spec = one(built["ray"], "RayService")["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [
+        w["template"]["spec"] for w in spec["workerGroupSpecs"]
+    ]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in container(pod)["env"]}
+        assert {k: env.get(k) for k in proxy_env("haproxy")} == proxy_env("haproxy")
+
+
 def test_image_versions_agree_with_the_manifests(built: dict) -> None:
     dockerfile = DOCKERFILE.read_text()
     ray_version = re.search(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M).group(1)

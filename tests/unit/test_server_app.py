@@ -185,6 +185,65 @@ def test_build_app_makes_the_first_models_deployment_the_ingress_and_routes_to_t
     assert hub._bound_deployment.name == "metrics-hub"
 
 
+def test_prefix_affinity_puts_a_request_router_in_front_of_haproxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from outlines_vllm.server.app import PREFIX_ROUTER, build_app
+    from outlines_vllm.server.proxy import proxy_env
+
+    models = [{"model": "a", "name": "a", "routing": "prefix_affinity"}, {"model": "b", "name": "b"}]
+    for name, value in proxy_env("serve").items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="needs the HAProxy proxy"):
+        build_app({"models": models})
+    for name, value in proxy_env("haproxy").items():
+        monkeypatch.setenv(name, value)
+    assert proxy_env("haproxy")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # the prompt
+    app = build_app({"models": models})
+    config = app._bound_deployment._deployment_config.request_router_config
+    assert config.request_router_class == PREFIX_ROUTER
+    router = app._ingress_request_router._bound_deployment
+    assert router.name == "request-router" and router.init_kwargs["server"] is app
+    _, others, _, _ = app._bound_deployment.init_args
+    default = others["b"]._bound_deployment._deployment_config.request_router_config
+    assert default.is_default_request_router()  # "balanced" stays Serve's power of two choices
+    assert build_app({"model": "a"})._ingress_request_router is None
+
+
+def test_haproxy_servers_up_counts_the_app_replicas_it_routes_to(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from outlines_vllm.server.proxy import haproxy_servers_up
+
+    stat = (
+        "# pxname,svname,status,bck\n"
+        "http_frontend,FRONTEND,OPEN,\n"
+        "app,r1,UP,0\n"
+        "app,r2,DOWN,0\n"
+        "app,r3,UP 1/2,0\n"
+        "app,fallback,UP,1\n"
+        "app,BACKEND,UP,0\n"
+        "app-via-ingress-request-router,r1,UP,0\n"
+    )
+    path = str(tmp_path / "admin.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            assert conn.recv(100) == b"show stat\n"
+            conn.sendall(stat.encode())
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        assert haproxy_servers_up(path) == 2  # r1 and r3 (UP, going down: still routed to)
+    finally:
+        thread.join(5)
+        server.close()
+
+
 def test_replicas_within_a_node_reserve_gpus_and_no_placement_group() -> None:
     model = ModelConfig(model="m", tensor_parallel_size=4, gpus_per_replica=4)
     options = engine_options(model, AppConfig(models=[model]))

@@ -26,6 +26,7 @@ class FakeHost:
     def __init__(self) -> None:
         self.seen: list[bytes] = []
         self.forwarded: list[str] = []
+        self.routing: list[dict] = []
         self.dead = False
 
     async def vllm_app(self, scope: dict, receive: Any, send: Any) -> None:
@@ -56,8 +57,9 @@ class FakeHost:
     def unavailable(self) -> str | None:
         return "dead; retry" if self.dead else None
 
-    async def forward(self, model: str, scope: dict, body: bytes, send: Any) -> None:
-        self.forwarded.append(model)
+    async def forward(self, info: Any, scope: dict, send: Any) -> None:
+        self.forwarded.append(info.model)
+        self.routing.append(info.routing)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
@@ -85,6 +87,7 @@ def request(
         async for message in call(gate, scope, raw):
             if message["type"] == "http.response.start":
                 status = message["status"]
+                gate.last_headers = dict(message.get("headers", ()))  # type: ignore[attr-defined]
             else:
                 chunks.append(message.get("body", b""))
         return status, b"".join(chunks)
@@ -137,6 +140,9 @@ def test_requests_are_served_here_or_forwarded_to_their_models_replica() -> None
     assert count(model="a", constraint="choice", status="200") == before + 1
     assert request(gate, "/v1/completions", {"model": "b", "prompt": "x"})[0] == 200
     assert host.forwarded == ["b"] and len(host.seen) == 1
+    assert host.routing == [{"prompt": "x"}]  # what the other model's request router reads
+    request(gate, "/v1/completions", {"model": "a", "prompt": "x"})
+    assert gate.last_headers[b"x-outlines-replica"] == b"r1"  # which replica answered
     status, body = request(gate, "/v1/completions", {"model": "a", "prompt": "x", "stream": True})
     assert status == 200 and body == b"".join(SSE)
     assert json.loads(request(gate, "/v1/models", method="GET")[1])["data"] == [{"id": "a"}, {"id": "b"}]
