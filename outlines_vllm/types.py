@@ -51,6 +51,8 @@ NO_CONSTRAINT = "none"
 # The header our clients send with every request: the constraint kind, for the server's metrics
 # (the body may carry compact JSON as a regex, which is still a JSON request).
 CONSTRAINT_HEADER = "X-Outlines-Constraint"
+# Which Serve replica served a response (the server sets it): for operators and routing tests.
+REPLICA_HEADER = "x-outlines-replica"
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ answered (the ``x-outlines-replica`` header) and the hit rate vLLM counted.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..types import REPLICA_HEADER
 from .serving import WORDS
-
-REPLICA_HEADER = "x-outlines-replica"
 
 
 def prefix_prompts(
@@ -55,8 +55,6 @@ def run(
 ) -> RoutingResult:
     """Send ``prompts`` (one at a time, one token each) to ``model`` at ``base_url`` (the app's
     root); the hit rate comes from the app's ``/metrics`` before and after."""
-    import time
-
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -20,7 +20,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..types import CONSTRAINT_HEADER
+from ..types import CONSTRAINT_HEADER, REPLICA_HEADER
 from .observe import Observation
 from .validation import CHAT, COMPLETIONS, BadRequest, inspect_request
 
@@ -31,8 +31,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 GENERATE = (CHAT, COMPLETIONS)
-# Which replica served a response (its Serve replica id): for operators, and the routing tests.
-REPLICA_HEADER = b"x-outlines-replica"
 
 
 def error_body(message: str, status: int, error_type: str = "server_error") -> bytes:
@@ -134,7 +132,7 @@ class Gate:
             return {"type": "http.request", "body": info.body, "more_body": False}
 
         status = 500
-        replica_header = (REPLICA_HEADER, self.host.replica.encode())
+        replica_header = (REPLICA_HEADER.encode(), self.host.replica.encode())
         whole: list[bytes] = []
         failed: list[bytes] = []  # a constrained request's 5xx body, held back (see below)
 
