@@ -33,16 +33,47 @@ def proxy_env(proxy: str) -> dict[str, str]:
     }
 
 
+INGRESS_PORTS = range(20000, 32000)  # below Linux's ephemeral ports (32768-60999)
+PORT_BLOCK = 100  # replica ports an app may use in turn: each replacement takes a new one
+
+
+def free_port_block(size: int = PORT_BLOCK, ports: range = INGRESS_PORTS) -> int:
+    """The first port of ``size`` consecutive ports in ``ports`` that are all free now, blocks
+    tried in random order (two apps starting at once rarely pick the same)."""
+    import random
+    import socket
+
+    starts = list(range(ports.start, ports.stop - size + 1, size))
+    random.shuffle(starts)
+    for start in starts:
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(start, start + size):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("0.0.0.0", port))
+            return start
+        except OSError:
+            continue
+    raise RuntimeError(f"no {size} free consecutive ports in {ports.start}-{ports.stop - 1}")
+
+
 def private_haproxy_env() -> dict[str, str]:
-    """Ports and files of its own for the HAProxy of a Ray cluster this process starts (Serve's
-    defaults, :9101, :8404 and /tmp/haproxy-serve, collide when two apps run on one machine,
-    e.g. two test fixtures); variables already set win."""
+    """Ports and files of its own for the HAProxy of a Ray cluster this process starts, and a
+    port block of its own for the replicas HAProxy forwards to. Serve's defaults (:9101, :8404,
+    /tmp/haproxy-serve, replica ports from 30000) collide when two apps run on one machine
+    (two test fixtures in CI: one app's HAProxy answered 404 for its own model and /metrics,
+    as another app's replica on a shared port would). Variables already set win."""
     import tempfile
 
     from ..launch import free_port
 
     folder = tempfile.mkdtemp(prefix="ovh", dir="/tmp")  # unix socket paths: at most 97 bytes
+    http = free_port_block(2 * PORT_BLOCK)  # gRPC (used only when enabled) takes the upper half
     env = {
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + PORT_BLOCK - 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(http + PORT_BLOCK),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(http + 2 * PORT_BLOCK - 1),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{folder}/haproxy.cfg",

@@ -72,15 +72,22 @@ def prometheus(
 
 
 def scraped(prometheus: Prometheus, server: Any, name: str) -> None:
-    """Wait until Prometheus holds the server's current total of counter ``name`` (all series)."""
-    expected = metric_sum(scrape(server.base_url), name)
+    """Wait until Prometheus holds the server's current total of counter ``name`` (all series).
+
+    The total is read again at each try: the ingress's view of the other replicas' counters lags
+    by up to one push to the metrics hub (2 s), so a first read may be short of the final one."""
     promql = f'sum({name}{{instance="{server.base_url.removeprefix("http://")}"}})'
+    seen: list[tuple[float, float | None]] = []
 
     def caught_up() -> bool:
         result = prometheus.query(promql)
-        return bool(result) and float(result[0]["value"][1]) == expected
+        held = float(result[0]["value"][1]) if result else None
+        seen.append((metric_sum(scrape(server.base_url), name), held))
+        return held == seen[-1][0]
 
-    assert wait_for(caught_up, 60), f"Prometheus never caught up with {name} = {expected}"
+    assert wait_for(caught_up, 60), (
+        f"Prometheus never caught up with {name}: (server, Prometheus) {seen[-3:]}"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ output checks, configuration (flags and server/serve-config.yaml) and the Serve 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,26 @@ def test_each_replica_gets_its_own_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [cpu_cores(rank, 1) for rank in range(3)] == ["0", "1", "0"]
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert [cpu_cores(rank, 4) for rank in range(2)] == ["0-3", "4-7"]
+
+
+def test_each_app_gets_replica_ports_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two apps on one machine must not share Serve's default replica ports (30000 up)."""
+    import socket
+
+    from outlines_vllm.server import proxy
+
+    for name in [n for n in os.environ if n.startswith("RAY_SERVE_")]:
+        monkeypatch.delenv(name)
+    first, second = proxy.private_haproxy_env(), proxy.private_haproxy_env()
+    for env in (first, second):
+        low, high = (
+            int(env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
+            int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]),
+        )
+        assert high - low + 1 == proxy.PORT_BLOCK and high < 32768  # below the ephemeral ports
+        assert int(env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"]) == high + 1
+    # A block with one port taken is never chosen.
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 20050))
+        blocks = {proxy.free_port_block(100, range(20000, 20200)) for _ in range(20)}
+    assert blocks == {20100}
