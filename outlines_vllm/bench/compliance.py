@@ -19,6 +19,7 @@ from .paths import Record, Sampling, _error
 from .validate import judge
 
 PROMPT = "Generate one realistic JSON instance of this JSON schema. Reply with the JSON only.\n"
+TOO_LONG = "maximum context length"  # vLLM's refusal of a prompt longer than the model's context
 
 
 def sample(sets: list[str], per_set: int, seed: int) -> list[dict[str, Any]]:
@@ -87,7 +88,11 @@ def run(llm: Any, rows: list[dict[str, Any]], backend: str, sampling: Sampling) 
         for row, record in zip(mine, _generate(llm, mine, sampling), strict=True):
             out = {"set": name, "id": row["id"], "backend": backend, "accepted": record.ok}
             if not record.ok:
-                records.append(out | {"error": record.error})
+                # A schema too long to show the model says nothing about the backend: apart.
+                records.append(out | {"error": record.error, "too_long": TOO_LONG in (record.error or "")})
+                continue
+            if record.finish_reason == "error":  # how vLLM ends a request whose grammar failed to compile
+                records.append(out | {"accepted": False, "error": "the engine failed to compile the grammar"})
                 continue
             check = _check(row["schema"])
             verdict = judge(check, record.text, record.finish_reason) if check else None
@@ -118,12 +123,14 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, An
     return out
 
 
-def _counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _counts(every: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for r in every if not r.get("too_long")]
     accepted = [r for r in rows if r["accepted"]]
     valid = sum(r["valid"] for r in accepted)
     truncated = sum(r["truncated"] for r in accepted)
     return {
         "schemas": len(rows),
+        "too_long": len(every) - len(rows),
         "accepted": len(accepted),
         "valid": valid,
         "truncated": truncated,
@@ -141,10 +148,10 @@ def markdown(document: dict[str, Any]) -> str:
     table = document["results"]
     backends = list(table)
     sets = [*_sets(table), "all"]
-    head = "| set | " + " | ".join(f"{b}: accepted / valid (truncated)" for b in backends) + " |"
-    rows = [head, "|---|" + "---|" * len(backends)]
+    head = "| set | too long | " + " | ".join(f"{b}: accepted / valid (truncated)" for b in backends) + " |"
+    rows = [head, "|---|---|" + "---|" * len(backends)]
     for name in sets:
-        cells = []
+        cells = [str(table[backends[0]].get(name, {}).get("too_long", "-"))]
         for backend in backends:
             c = table[backend].get(name)
             cells.append(
@@ -161,7 +168,10 @@ def markdown(document: dict[str, Any]) -> str:
         f"embedded engine per backend on `{Path(document['model']).name}`; max_tokens {o['max_tokens']}, "
         f"temperature {o['temperature']}. Accepted: the engine took the request (coverage). Valid: the "
         "answer passes the schema (jsonschema) and did not stop at max_tokens (compliance, over accepted "
-        "schemas); truncated answers are counted apart, in brackets.\n\n" + "\n".join(rows) + "\n"
+        "schemas); truncated answers are counted apart, in brackets. A request whose grammar the engine "
+        "failed to compile (finish reason `error`) counts as not accepted. Too long: sampled schemas whose "
+        "prompt (the schema shown in full) exceeds the model's context; they are left out of both "
+        "shares, since they say nothing about the backend.\n\n" + "\n".join(rows) + "\n"
     )
 
 

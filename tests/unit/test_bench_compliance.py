@@ -38,6 +38,14 @@ RECORDS = [
     },
     {"set": "Kubernetes", "id": "c", "backend": "xgrammar", "accepted": False, "error": "400"},
     {
+        "set": "Kubernetes",
+        "id": "e",
+        "backend": "xgrammar",
+        "accepted": False,
+        "too_long": True,
+        "error": "...",
+    },
+    {
         "set": "Snowplow",
         "id": "d",
         "backend": "xgrammar",
@@ -66,6 +74,7 @@ def test_aggregate_counts_coverage_and_compliance_apart(tmp_path) -> None:
         1,
         0,
     )
+    assert k8s["too_long"] == 1  # left out of both shares
     assert k8s["accepted_share"] == pytest.approx(2 / 3)
     assert k8s["valid_share"] == 0.5
     assert table["xgrammar"]["all"]["invalid"] == 1
@@ -79,7 +88,32 @@ def test_aggregate_counts_coverage_and_compliance_apart(tmp_path) -> None:
     }
     compliance.publish(document, tmp_path)
     text = (tmp_path / "results.md").read_text()
-    assert "| Kubernetes | 2/3 / 1/2 (1) | 1/1 / 1/1 (0) |" in text
-    assert "| Snowplow | 1/1 / 0/1 (0) | - |" in text
+    assert "| Kubernetes | 1 | 2/3 / 1/2 (1) | 1/1 / 1/1 (0) |" in text
+    assert "| Snowplow | 0 | 1/1 / 0/1 (0) | - |" in text
     assert json.loads((tmp_path / "results.json").read_text())["results"] == table
     assert (tmp_path / "compliance.png").stat().st_size > 1000
+
+
+def test_a_grammar_the_engine_failed_to_compile_is_not_accepted_and_a_long_prompt_is_apart() -> None:
+    """vLLM ends a request whose grammar fails to compile with finish reason ``error``; a prompt
+    past the model's context is refused before any grammar is built."""
+    from types import SimpleNamespace
+
+    class Engine:  # answers like vllm.LLM.chat: the first schema fails to compile, the second is too long
+        def chat(self, messages: list, params: list, use_tqdm: bool) -> list:
+            if len(messages) > 1:
+                raise ValueError("one request of the batch is refused")
+            if "long" in messages[0][0]["content"]:
+                raise ValueError("This model's maximum context length is 2048 tokens. However, ...")
+            return [SimpleNamespace(outputs=[SimpleNamespace(text="", finish_reason="error")])]
+
+    rows = [
+        {"set": "Kubernetes", "id": "a", "schema": {"type": "object"}},
+        {"set": "Kubernetes", "id": "b", "schema": {"type": "object", "title": "long"}},
+    ]
+    records = compliance.run(
+        Engine(), rows, "xgrammar", compliance.Sampling(max_tokens=8, temperature=0.0, seed=0)
+    )
+    assert [(r["accepted"], r.get("too_long", False)) for r in records] == [(False, False), (False, True)]
+    counts = compliance.aggregate(records)["xgrammar"]["Kubernetes"]
+    assert (counts["schemas"], counts["too_long"], counts["accepted"]) == (1, 1, 0)
