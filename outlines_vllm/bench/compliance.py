@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets import JSONSCHEMABENCH_SETS, jsonschemabench
+from ..errors import ContextLengthError, engine_error, generation_failed
 from .paths import Record, Sampling, _error
 from .validate import judge
 
 PROMPT = "Generate one realistic JSON instance of this JSON schema. Reply with the JSON only.\n"
-TOO_LONG = "maximum context length"  # vLLM's refusal of a prompt longer than the model's context
 
 
 def sample(sets: list[str], per_set: int, seed: int) -> list[dict[str, Any]]:
@@ -72,8 +72,8 @@ def _generate(llm: Any, rows: list[dict[str, Any]], sampling: Sampling) -> list[
     for row in rows:
         try:
             records += call([row])
-        except Exception as exc:
-            records.append(Record(False, error=_error(exc)))
+        except Exception as exc:  # named as a server would (ContextLengthError, ConstraintRejectedError...)
+            records.append(Record(False, error=_error(engine_error(exc, constrained=True) or exc)))
     return records
 
 
@@ -89,10 +89,13 @@ def run(llm: Any, rows: list[dict[str, Any]], backend: str, sampling: Sampling) 
             out = {"set": name, "id": row["id"], "backend": backend, "accepted": record.ok}
             if not record.ok:
                 # A schema too long to show the model says nothing about the backend: apart.
-                records.append(out | {"error": record.error, "too_long": TOO_LONG in (record.error or "")})
+                too_long = (record.error or "").startswith(ContextLengthError.__name__)
+                records.append(out | {"error": record.error, "too_long": too_long})
                 continue
             if record.finish_reason == "error":  # how vLLM ends a request whose grammar failed to compile
-                records.append(out | {"accepted": False, "error": "the engine failed to compile the grammar"})
+                records.append(
+                    out | {"accepted": False, "error": _error(generation_failed(constrained=True))}
+                )
                 continue
             check = _check(row["schema"])
             verdict = judge(check, record.text, record.finish_reason) if check else None
