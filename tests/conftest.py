@@ -1,27 +1,86 @@
 """Shared fixtures. Engines are slow to start (about 35 s each here), so each kind is started once
-per session and shared: ``llm`` (an embedded ``vllm.LLM``) and ``vllm_server`` (a real vLLM
-OpenAI server on loopback, stopped with its whole process tree at the end).
+per session and shared: ``llm`` (an embedded ``vllm.LLM``), ``vllm_server`` (a real vLLM OpenAI
+server on loopback), ``ray_server`` and ``tiny_ray_app`` (``outlines-vllm serve``).
 
 Tests that use them are marked ``engine`` automatically; ``pytest -m "not engine"`` runs the
 fast unit tests alone.
+
+An engine holds 1-3 GB (its API, engine-core and worker processes), and with every session
+engine alive at once the tiny-model Ray apps no longer fitted in 24 GiB: Ray's memory monitor
+killed their replicas until the start timed out. So modules run in stages (no engine, embedded
+engines, a vLLM server, the Ray app, the tiny-model apps), and each session engine is stopped
+right after the last test that needs it: a stage never carries the engines of the one before.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 SERVED_NAME = "smollm2"
 ENGINE_FIXTURES = {"llm", "async_llm", "model_path", "vllm_server", "openai_client", "async_openai_client"}
+TINY_FIXTURES = {"tiny_model_path", "tiny_ray_app"}
+T = TypeVar("T")
 
 
+def _stage(fixtures: set[str]) -> int:
+    """When a test runs: 0 no engine, 1 embedded engines (and the vLLM server), 2 the vLLM
+    server, 3-4 the Ray app (with the server first, so the server stops early), 5 tiny apps."""
+    if fixtures & TINY_FIXTURES:
+        return 5
+    if "ray_server" in fixtures:
+        return 3 if "vllm_server" in fixtures else 4
+    if fixtures & {"llm", "async_llm"}:
+        return 1
+    return 2 if "vllm_server" in fixtures else 0
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    used: dict[str, set[str]] = {}  # fixtures of each module's tests
     for item in items:
-        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if ENGINE_FIXTURES & fixtures:
             item.add_marker(pytest.mark.engine)
+        used.setdefault(item.nodeid.split("::")[0], set()).update(fixtures)
+    items.sort(key=lambda item: _stage(used[item.nodeid.split("::")[0]]))  # stable: modules stay whole
+
+
+_users: Counter[str] = Counter()  # tests still to run, per session engine
+_stops: dict[str, Callable[[], object]] = {}  # how to stop each session engine now running
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for item in session.items:  # after -k / -m deselection
+        _users.update(set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    result = yield
+    for name in set(getattr(item, "fixturenames", ())) & set(_stops):
+        _users[name] -= 1
+        if _users[name] <= 0:
+            _stops.pop(name)()  # its checks (nothing left running) fail this test's teardown
+    return result
+
+
+def until_last_user(name: str, value: T, stop: Callable[[], object]) -> Iterator[T]:
+    """Body of the session fixture ``name``: give ``value``, and ``stop`` it after the last
+    test that uses it (or at the end of the session, whichever comes first)."""
+    once = functools.cache(stop)
+    _stops[name] = once
+    try:
+        yield value
+    finally:
+        _stops.pop(name, None)
+        once()
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +100,7 @@ def llm(model_path: Path) -> Iterator[object]:
 
     # Per-request stats on (TTFT, time per output token): the benchmark tests read them.
     engine = LLM(str(model_path), seed=0, disable_log_stats=False, **engine_kwargs())
-    yield engine
-    engine.llm_engine.engine_core.shutdown()
+    yield from until_last_user("llm", engine, engine.llm_engine.engine_core.shutdown)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +109,7 @@ def async_llm(model_path: Path) -> Iterator[object]:
 
     Started through ``outlines_vllm.load(folder, async_=True)`` (the offline half of the
     switch), outside the event loop: vLLM starts its output handler on the session loop at the
-    first request. Shut down (engine-core process included) at the end of the session.
+    first request. Shut down (engine-core process included) after its last test.
     """
     from outlines_vllm import load
 
@@ -64,8 +122,7 @@ def async_llm(model_path: Path) -> Iterator[object]:
             os.environ.pop("VLLM_CPU_OMP_THREADS_BIND")
         else:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = previous
-    yield engine
-    engine.shutdown()
+    yield from until_last_user("async_llm", engine, engine.shutdown)
 
 
 @pytest.fixture(scope="session")
@@ -79,12 +136,13 @@ def vllm_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     server.start()
     pgid = server.process.pid
-    try:
-        yield server
-    finally:
+
+    def stop() -> None:
         server.stop()
         # No process of the server's group (API server, engine core, workers) outlives the run.
         assert not group_alive(pgid), f"processes of the vLLM server group {pgid} are still running"
+
+    yield from until_last_user("vllm_server", server, stop)
 
 
 @pytest.fixture(scope="session")
@@ -112,13 +170,13 @@ def ray_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     from tests.ray_app import RayApp
 
     app = RayApp(model_path, tmp_path_factory.mktemp("ray-app") / "serve.log").start()
-    try:
-        yield app
-    finally:
+
+    def stop() -> None:
         in_flight = app.slow_request()
-        leftovers = app.stop()
+        app.close()
         assert in_flight.result(timeout=120) == 200, "stopping the app must drain in-flight requests"
-        assert not leftovers, f"engine processes {leftovers} outlived the Ray app"
+
+    yield from until_last_user("ray_server", app, stop)
 
 
 ENGINE_FIXTURES.add("tiny_ray_app")
@@ -158,8 +216,4 @@ def tiny_ray_app(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
     }
     log = tmp_path_factory.mktemp("tiny-ray-app") / "serve.log"
     app = RayApp(None, log, config=config, expect={"tiny-a": 1, "tiny-b": 1}).start()
-    try:
-        yield app
-    finally:
-        leftovers = app.stop()
-        assert not leftovers, f"engine processes {leftovers} outlived the Ray app"
+    yield from until_last_user("tiny_ray_app", app, app.close)

@@ -162,6 +162,11 @@ class RayApp:
             os.killpg(pgid, signal.SIGKILL)
         return leftovers
 
+    def close(self) -> None:
+        """Stop the app; no engine process of it may outlive the CLI."""
+        leftovers = self.stop()
+        assert not leftovers, f"engine processes {leftovers} outlived the Ray app"
+
     def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
