@@ -4,6 +4,7 @@ when a command runs, so ``outlines-vllm --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -73,6 +74,13 @@ def add_parser(commands: Any) -> None:
     compliance.add_argument("--temperature", type=float, default=0.0)
     compliance.add_argument("--seed", type=int, default=0)
     compliance.add_argument("--model", help="model folder (default: the default model)")
+    compliance.add_argument(
+        "--call-timeout",
+        type=float,
+        default=600.0,
+        help="seconds one engine call (a set's batch) may take before the engine counts as hung "
+        "and is started again (default 600)",
+    )
     compliance.add_argument("--out", type=Path, default=DEFAULT_OUT / "compliance", help="folder for results")
     compliance.set_defaults(run=_compliance)
 
@@ -227,10 +235,11 @@ def _compliance(args: argparse.Namespace) -> int:
     sampling = Sampling(args.max_tokens, args.temperature, args.seed)
     records = []
     for backend in args.backends:
-        with offline_engine(model, backend=backend, seed=args.seed) as llm:
-            records += compliance.run(llm, rows, backend, sampling)
+        start = functools.partial(offline_engine, model, backend=backend, seed=args.seed)
+        records += compliance.run(start, rows, backend, sampling, call_timeout_s=args.call_timeout)
     options = {
-        k: getattr(args, k) for k in ("sets", "per_set", "backends", "max_tokens", "temperature", "seed")
+        k: getattr(args, k)
+        for k in ("sets", "per_set", "backends", "max_tokens", "temperature", "seed", "call_timeout")
     }
     document = {
         "command": command_line(),

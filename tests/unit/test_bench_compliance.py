@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -112,8 +115,66 @@ def test_a_grammar_the_engine_failed_to_compile_is_not_accepted_and_a_long_promp
         {"set": "Kubernetes", "id": "b", "schema": {"type": "object", "title": "long"}},
     ]
     records = compliance.run(
-        Engine(), rows, "xgrammar", compliance.Sampling(max_tokens=8, temperature=0.0, seed=0)
+        lambda: contextlib.nullcontext(Engine()),
+        rows,
+        "xgrammar",
+        compliance.Sampling(max_tokens=8, temperature=0.0, seed=0),
     )
     assert [(r["accepted"], r.get("too_long", False)) for r in records] == [(False, False), (False, True)]
     counts = compliance.aggregate(records)["xgrammar"]["Kubernetes"]
     assert (counts["schemas"], counts["too_long"], counts["accepted"]) == (1, 1, 0)
+
+
+def test_a_schema_that_kills_the_engine_is_recorded_and_the_run_goes_on_on_a_fresh_engine() -> None:
+    """vLLM's outlines backend can kill its engine core on one schema and leave the caller
+    waiting forever. The run records that schema as not accepted (``killed_engine``), whether
+    the engine core was seen dead or the call only outlived its limit, starts a fresh engine
+    and answers every other schema."""
+    from types import SimpleNamespace
+
+    never = threading.Event()
+    started = []
+
+    class Engine:  # vllm.LLM.chat; "dies" marks the engine core dead, both poisons never answer
+        def __init__(self) -> None:
+            self.llm_engine = SimpleNamespace(
+                engine_core=SimpleNamespace(resources=SimpleNamespace(engine_dead=False))
+            )
+
+        def chat(self, messages: list, params: list, use_tqdm: bool) -> list:
+            prompts = " ".join(m[0]["content"] for m in messages)
+            if "dies" in prompts:
+                self.llm_engine.engine_core.resources.engine_dead = True
+            if "dies" in prompts or "hangs" in prompts:
+                never.wait()
+            return [
+                SimpleNamespace(outputs=[SimpleNamespace(text="{}", finish_reason="stop")]) for _ in messages
+            ]
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Engine]:
+        started.append(Engine())
+        yield started[-1]
+
+    rows = [
+        {"set": "Kubernetes", "id": "a", "schema": {"type": "object"}},
+        {"set": "Kubernetes", "id": "b", "schema": {"type": "object", "title": "dies"}},
+        {"set": "Kubernetes", "id": "c", "schema": {"type": "object"}},
+        {"set": "Snowplow", "id": "d", "schema": {"type": "object", "title": "hangs"}},
+        {"set": "Snowplow", "id": "e", "schema": {"type": "object"}},
+    ]
+    try:
+        records = compliance.run(start, rows, "outlines", compliance.Sampling(8, 0.0, 0), call_timeout_s=1.0)
+    finally:
+        never.set()
+    assert [(r["id"], r["accepted"], r.get("killed_engine", False)) for r in records] == [
+        ("a", True, False),
+        ("b", False, True),
+        ("c", True, False),
+        ("d", False, True),
+        ("e", True, False),
+    ]
+    assert all(r["valid"] for r in records if r["accepted"])
+    assert "engine core died" in records[1]["error"] and "no answer after 1 s" in records[3]["error"]
+    assert len(started) == 5  # the first; then, per set, after the batch and after the poison alone
+    assert compliance.aggregate(records)["outlines"]["all"]["killed_engine"] == 2

@@ -219,7 +219,7 @@ def test_default_plan_has_main_runs_a_sweep_and_a_poisson_run():
 
 
 def test_scenario_files_load_and_unknown_fields_are_refused(tmp_path):
-    for name in ("default", "full", "tiny"):
+    for name in ("default", "full", "tiny", "backends"):
         assert Scenario.load(name).name == name
     bad = tmp_path / "bad.yaml"
     bad.write_text("requestz: 3\n")
