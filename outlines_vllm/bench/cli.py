@@ -122,7 +122,9 @@ def add_parser(commands: Any) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--scenario", default="default", help="scenario file, or a shipped name: default, full, backends, tiny"
+        "--scenario",
+        default="default",
+        help="scenario file, or a shipped name: default, full, backends, tiny",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results and plots")
     parser.add_argument("--requests", type=int, help="measured requests per run")
