@@ -124,7 +124,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
         default="default",
-        help="scenario file, or a shipped name: default, full, backends, tiny",
+        help="scenario file, or the name of one in outlines_vllm/bench/scenarios/ (default, full, ...)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for results and plots")
     parser.add_argument("--requests", type=int, help="measured requests per run")
