@@ -4,18 +4,22 @@ Free whitespace costs: under a schema the default model pads JSON with runs of s
 newlines, about 2.7x the tokens of compact JSON, and a small ``max_tokens`` then ends in
 truncated, invalid JSON (docs/compact-json.md). vLLM 0.32 makes JSON compact only through an
 engine-wide setting (``structured_outputs_config.disable_any_whitespace``), which this project
-sets on every engine and server it starts (``launch.STRUCTURED_OUTPUTS_CONFIG``). For any
-other server the request itself must carry the constraint, and it is built here without
-torch, in two ways:
+sets on every engine and server it starts (``launch.STRUCTURED_OUTPUTS_CONFIG``). The fields
+are built here without torch, in one of two forms:
 
-1. **A regex** (``outlines_core``, a small Rust wheel, the library vLLM's outlines backend
-   uses) when the schema uses only keywords that regex expresses exactly and is not
-   recursive. Every backend (xgrammar, guidance, outlines) takes a regex, so this is compact
-   on any vLLM server.
-2. Otherwise **the schema itself** with ``disable_any_whitespace`` and llguidance's
-   ``x-guidance`` whitespace options: compact on servers whose engine has
+1. **The schema itself** with ``disable_any_whitespace`` and llguidance's ``x-guidance``
+   whitespace options, when the engine is known to be compact itself (``engine_compact``: an
+   embedded engine's config, or a server's ``/version``, see ``engine_info.py``), and otherwise
+   for schemas a regex cannot state exactly. Unbounded integers get the bounds
+   ``±(10**16 - 1)``, so their digits stop where a float64 does. Compact on engines with
    ``disable_any_whitespace`` (ours), on the guidance backend (it reads ``x-guidance`` per
    request) and on any vLLM that honours the request field; free whitespace elsewhere.
+2. **A regex** (``outlines_core``, a small Rust wheel, the library vLLM's outlines backend
+   uses) on any other server, when the schema uses only keywords that regex expresses exactly
+   and is not recursive. Every backend (xgrammar, guidance, outlines) takes a regex, so this is
+   compact on any vLLM server; but xgrammar computes its masks about 400x slower than for
+   the schema (21 ms against 0.05 ms per token, docs/compact-json.md), hence form 1 wherever
+   the engine allows it.
 
 A server that refuses the compact form (HTTP 400) gets the plain schema instead, with a
 warning (``fallback_fields``); the constraint kind stays ``json`` throughout (metrics,
@@ -57,10 +61,14 @@ MAX_REGEX_CHARS = 32_000
 _GUIDANCE_COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 
 
-def compact_fields(schema: dict[str, Any], whitespace_pattern: str | None = None) -> dict[str, Any]:
+def compact_fields(
+    schema: dict[str, Any], whitespace_pattern: str | None = None, *, engine_compact: bool = False
+) -> dict[str, Any]:
     """The ``structured_outputs`` fields for ``schema`` with no free whitespace (or only
-    ``whitespace_pattern``, a regex fragment such as ``[ ]?``, between JSON tokens)."""
-    return json.loads(_compact_fields_cached(json.dumps(schema, sort_keys=False), whitespace_pattern))
+    ``whitespace_pattern``, a regex fragment such as ``[ ]?``, between JSON tokens).
+    ``engine_compact``: the engine drops free whitespace itself, so the schema form is compact."""
+    key = json.dumps(schema, sort_keys=False)
+    return json.loads(_compact_fields_cached(key, whitespace_pattern, engine_compact))
 
 
 def fallback_fields(schema: dict[str, Any]) -> dict[str, Any]:
@@ -69,9 +77,13 @@ def fallback_fields(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=512)
-def _compact_fields_cached(schema_json: str, whitespace_pattern: str | None) -> str:
+def _compact_fields_cached(schema_json: str, whitespace_pattern: str | None, engine_compact: bool) -> str:
     schema = json.loads(schema_json)
-    regex = json_regex(schema, whitespace_pattern or "")
+    regex = (
+        None
+        if engine_compact and whitespace_pattern is None
+        else json_regex(schema, whitespace_pattern or "")
+    )
     if regex is not None:
         return json.dumps({"regex": regex})
     if whitespace_pattern is not None:
@@ -82,7 +94,7 @@ def _compact_fields_cached(schema_json: str, whitespace_pattern: str | None) -> 
             "additionalProperties schemas or recursion); this schema has other keywords. Drop "
             "whitespace_pattern (JSON stays compact) or simplify the schema."
         )
-    hinted = {**schema, "x-guidance": _GUIDANCE_COMPACT}
+    hinted = {**_bound_integers(schema), "x-guidance": _GUIDANCE_COMPACT}
     return json.dumps({"json": hinted, "disable_any_whitespace": True})
 
 
@@ -114,6 +126,25 @@ def json_regex(schema: dict[str, Any], whitespace_pattern: str = "") -> str | No
 _INTEGER_KEYS = {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 _ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "deprecated"}
 _LARGEST = 10**16 - 1  # the digit bound of every integer
+
+
+def _bound_integers(node: Any) -> Any:
+    """A copy of ``node`` in which every integer without a bound on a side gets ``±_LARGEST``
+    (xgrammar and guidance enforce integer ranges; the regex form caps digits the same way)."""
+    if isinstance(node, list):
+        return [_bound_integers(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: value if key in _DATA else _bound_integers(value) for key, value in node.items()}
+    types = node.get("type")
+    integer = types == "integer" or (isinstance(types, list) and "integer" in types and "number" not in types)
+    draft4 = any(isinstance(node.get(key), bool) for key in ("exclusiveMinimum", "exclusiveMaximum"))
+    if integer and not draft4:
+        if not node.keys() & {"minimum", "exclusiveMinimum"}:
+            out["minimum"] = -_LARGEST
+        if not node.keys() & {"maximum", "exclusiveMaximum"}:
+            out["maximum"] = _LARGEST
+    return out
 
 
 def _placeholder(i: int) -> str:

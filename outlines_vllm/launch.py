@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .engine_info import MIDDLEWARE
+
 # 512 MiB holds about 22k tokens of this 135M model (23 KiB per token): 10 full 2k contexts,
 # while five engines side by side (the test suite) stay well inside 24 GiB.
 CPU_KV_CACHE_BYTES = 512 << 20
@@ -102,6 +104,7 @@ class LocalServer:
             "--port", str(self.port),
             *(["--served-model-name", served_model_name] if served_model_name else []),
             *server_args(engine_kwargs(**engine)),
+            "--middleware", MIDDLEWARE,  # /version says the engine keeps JSON compact
             *extra_args,
         ]  # fmt: skip
         self.env = {**os.environ, **(env or {})}

@@ -108,11 +108,12 @@ class Constraint:
     compact: bool = False
     whitespace_pattern: str | None = None
 
-    def structured_outputs(self) -> dict[str, Any]:
+    def structured_outputs(self, *, engine_compact: bool = False) -> dict[str, Any]:
         """The ``structured_outputs`` fields vLLM takes, online (request body) and offline
-        (``StructuredOutputsParams(**fields)``)."""
+        (``StructuredOutputsParams(**fields)``). ``engine_compact``: the engine drops free JSON
+        whitespace itself (``engine_info.py``), which picks the faster compact form."""
         if self.kind == "json" and (self.compact or self.whitespace_pattern is not None):
-            return compact_fields(self.value, self.whitespace_pattern)
+            return compact_fields(self.value, self.whitespace_pattern, engine_compact=engine_compact)
         if self.kind == "json_object" and self.compact:
             return {"json_object": True, "disable_any_whitespace": True}
         return {self.kind: self.value}

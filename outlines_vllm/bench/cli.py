@@ -188,7 +188,9 @@ def _offline(args: argparse.Namespace) -> int:
     scenario = _scenario(args, modes=["offline"], backends=args.backend)
     summaries = []
     for backend in scenario.backends:
-        with offline_engine(model, backend=backend, seed=scenario.seed) as llm:
+        with offline_engine(
+            model, backend=backend, seed=scenario.seed, compact=scenario.compact_engine
+        ) as llm:
             summaries += run_offline(llm, scenario, backend=backend)
     return _finish(summaries, scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine_info import offline_engine_compact
 from ..errors import OutputValidationError, TruncatedOutputError
 from .validate import Verdict
 from .workloads import Request
@@ -59,11 +60,15 @@ def _error(exc: BaseException) -> str:
 # --- online --------------------------------------------------------------------------------------
 
 
-async def online_raw(client: Any, model: str, request: Request, sampling: Sampling, seed: int) -> Record:
-    """One streamed chat request with the raw ``openai`` client (the online baseline)."""
+async def online_raw(
+    client: Any, model: str, request: Request, sampling: Sampling, seed: int, engine_compact: bool = False
+) -> Record:
+    """One streamed chat request with the raw ``openai`` client (the online baseline), with the
+    constraint fields the package sends to this server (``engine_compact``: see engine_info.py)."""
     kwargs: dict[str, Any] = {}
     if request.spec.constraint is not None:
-        kwargs["extra_body"] = {"structured_outputs": request.spec.constraint.structured_outputs()}
+        fields = request.spec.constraint.structured_outputs(engine_compact=engine_compact)
+        kwargs["extra_body"] = {"structured_outputs": fields}
     start = time.perf_counter()
     times: list[float] = []
     parts: list[str] = []
@@ -136,18 +141,19 @@ def _streamed(start: float, times: list[float], text: str, finish: str | None, t
 # --- offline -------------------------------------------------------------------------------------
 
 
-def sampling_params(request: Request | None, sampling: Sampling) -> Any:
-    """``SamplingParams`` for one request, with its constraint's fields (the same as online);
-    without a request, the bare sampling options the package adds the constraint to."""
+def sampling_params(request: Request | None, sampling: Sampling, engine_compact: bool = False) -> Any:
+    """``SamplingParams`` for one request, with the constraint fields the package sends to this
+    engine; without a request, the bare sampling options the package adds the constraint to."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
     constraint = request.spec.constraint if request else None
+    fields = constraint.structured_outputs(engine_compact=engine_compact) if constraint else None
     return SamplingParams(
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         seed=sampling.seed,
-        structured_outputs=StructuredOutputsParams(**constraint.structured_outputs()) if constraint else None,
+        structured_outputs=StructuredOutputsParams(**fields) if fields else None,
     )
 
 
@@ -157,7 +163,8 @@ def offline_raw(llm: Any, requests: Sequence[Request], sampling: Sampling) -> li
     Per-request TTFT and time per output token come from vLLM's request stats when the engine
     logs them (``disable_log_stats=False``); per-token gaps are not exposed offline.
     """
-    params = [sampling_params(r, sampling) for r in requests]
+    compact = offline_engine_compact(llm)
+    params = [sampling_params(r, sampling, compact) for r in requests]
     start = time.perf_counter()
     try:
         outputs = llm.chat([r.messages for r in requests], params, use_tqdm=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..engine_info import COMPACT_BACKENDS, engine_compact
 from . import load, paths
 from .environment import environment
 from .paths import Sampling
@@ -112,8 +113,10 @@ async def _online(
     )
     model = model or (await client.models.list()).data[0].id
     sampling = _sampling(scenario)
+    info = await client.get(root + "/version", cast_to=object)
+    compact = engine_compact(info.get("structured_outputs") if isinstance(info, dict) else None)
     senders: dict[str, load.SendOne] = {
-        "raw": lambda request, seed: paths.online_raw(client, model, request, sampling, seed)
+        "raw": lambda request, seed: paths.online_raw(client, model, request, sampling, seed, compact)
     }
     if "package" in scenario.paths:
         from outlines_vllm import from_vllm
@@ -160,22 +163,33 @@ def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[
 
 
 @contextmanager
-def offline_engine(model: str | os.PathLike[str], *, backend: str = "auto", seed: int = 0) -> Iterator[Any]:
+def offline_engine(
+    model: str | os.PathLike[str], *, backend: str = "auto", seed: int = 0, compact: bool = False
+) -> Iterator[Any]:
     """An embedded engine that logs per-request stats (TTFT, TPOT), shut down on exit."""
     from vllm import LLM
 
     from ..launch import engine_kwargs
 
-    # vLLM's own configuration for ``backend``, not ours: the raw path is what plain vLLM does.
     llm = LLM(
         str(model),
         seed=seed,
-        **engine_kwargs(**ENGINE_OPTIONS, structured_outputs_config={"backend": backend}),
+        **engine_kwargs(
+            **ENGINE_OPTIONS, structured_outputs_config=structured_outputs_config(backend, compact)
+        ),
     )
     try:
         yield llm
     finally:
         llm.llm_engine.engine_core.shutdown()
+
+
+def structured_outputs_config(backend: str, compact: bool) -> dict[str, Any]:
+    """vLLM's own configuration for ``backend`` (the raw path is what plain vLLM does), or, with
+    ``compact`` and a backend that takes it, JSON whitespace disabled engine-wide as ours have."""
+    if compact and backend in COMPACT_BACKENDS:
+        return {"backend": backend, "disable_any_whitespace": True}
+    return {"backend": backend}
 
 
 def run_local(
@@ -188,7 +202,9 @@ def run_local(
     for backend in scenario.backends:
         if "offline" in scenario.modes:
             print(f"[bench] offline, backend {backend}: starting an embedded engine on {model}", flush=True)
-            with offline_engine(model, backend=backend, seed=scenario.seed) as llm:
+            with offline_engine(
+                model, backend=backend, seed=scenario.seed, compact=scenario.compact_engine
+            ) as llm:
                 summaries += run_offline(llm, scenario, backend=backend)
         if "online" in scenario.modes:
             print(f"[bench] online, backend {backend}: starting a local vLLM server", flush=True)
@@ -198,7 +214,7 @@ def run_local(
                 served_model_name="bench",
                 extra_args=["--no-enable-prefix-caching"],
                 log_path=log,
-                structured_outputs_config={"backend": backend},  # plain vLLM, as for the raw path
+                structured_outputs_config=structured_outputs_config(backend, scenario.compact_engine),
             ) as server:
                 summaries += run_online(server.base_url, scenario, model="bench", backend=backend)
     return summaries

@@ -48,6 +48,10 @@ class Scenario:
     rate: float | None = None  # Poisson arrivals per second for an extra json_fixed run online
     backends: list[str] = field(default_factory=lambda: ["auto"])
     repeat: int = 1  # every measured run this many times (order alternated): ratios get a spread
+    # Engines the benchmark starts keep JSON compact themselves on backends that can (xgrammar,
+    # guidance), as this project's engines do; both paths then send schemas, not regexes
+    # (engine_info.py). False: vLLM's own settings, compact JSON travels as a regex.
+    compact_engine: bool = False
     jsonschemabench: dict[str, Any] = field(
         default_factory=lambda: {"sets": ["Glaiveai2K", "Github_easy"], "schemas": 32}
     )

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..engine_info import offline_engine_compact
 from ..errors import InvalidPromptError, InvalidRequestError, UnsupportedModelError
 from ..types import OutputSpec, output_spec
 from .base import Generation, PartialObjects, TextStream, Usage, engine_errors, finish
@@ -92,6 +93,8 @@ class _Offline:
         self.endpoint: Endpoint = endpoint or ("chat" if self.has_chat_template else "completions")
         # The model's generation_config defaults, as the server applies them.
         self._defaults: dict[str, Any] = dict(engine.model_config.get_diff_sampling_param() or {})
+        # Whether the engine keeps JSON compact itself: then schemas go as the faster schema form.
+        self.engine_compact = offline_engine_compact(engine)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.engine.model_config.model!r}, endpoint={self.endpoint!r})"
@@ -137,7 +140,9 @@ class _Offline:
                     "extra_body={'structured_outputs': {...}})"
                 )
             params.structured_outputs = StructuredOutputsParams(
-                **_merge_constraint(so_options or None, spec.constraint.structured_outputs())
+                **_merge_constraint(
+                    so_options or None, spec.constraint.structured_outputs(engine_compact=self.engine_compact)
+                )
             )
         elif so_options:
             params.structured_outputs = StructuredOutputsParams(**so_options)

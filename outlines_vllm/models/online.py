@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
+from ..engine_info import engine_compact
 from ..errors import ConstraintRejectedError, InvalidRequestError, RequestFailedError
 from .base import TextStream
 from .request import (
@@ -43,6 +44,7 @@ class _Online:
         self.model_name = model_name
         self.endpoint = endpoint
         self.server_version: str | None = None
+        self.engine_compact = False  # the server said its engine keeps JSON compact (engine_info.py)
         self.plain_json = False  # the server refused compact JSON once: send plain schemas
         self._ready = False
 
@@ -60,6 +62,7 @@ class _Online:
             stream=stream,
             server_version=self.server_version,
             plain=self.plain_json,
+            engine_compact=self.engine_compact,
         )
 
     def _after_refusal(self, request: Request, error: ConstraintRejectedError) -> Request:
@@ -69,7 +72,8 @@ class _Online:
         return plain
 
     def _learn(self, models: Any, version_info: Any) -> None:
-        """Record the served model (when not given) and the server's vLLM version."""
+        """Record the served model (when not given), the server's vLLM version and whether its
+        engine keeps JSON compact (our servers say so on ``/version``)."""
         if self.model_name is None:
             names = [m.id for m in models.data]
             if len(names) != 1:
@@ -80,6 +84,7 @@ class _Online:
             self.model_name = names[0]
         if isinstance(version_info, dict):
             self.server_version = version_info.get("version")
+            self.engine_compact = engine_compact(version_info.get("structured_outputs"))
         self._ready = True
 
     def _version_url(self) -> str:

@@ -134,6 +134,7 @@ def build_request(
     stream: bool = False,
     server_version: str | None = None,
     plain: bool = False,
+    engine_compact: bool = False,
 ) -> Request:
     """The request for one prompt: messages or prompt text, the constraint merged into a copy of
     the caller's ``extra_body``, and the ``X-Outlines-Constraint`` header.
@@ -141,6 +142,7 @@ def build_request(
     ``kwargs`` are the caller's openai SDK arguments; neither they nor anything inside them
     is modified. ``plain`` sends JSON schemas as they are (for a server that refused the
     compact form before); otherwise ``Request.plain`` holds that form, to retry with.
+    ``engine_compact``: the server said its engine keeps JSON compact (``engine_info.py``).
     """
     if endpoint not in ("chat", "completions"):
         raise InvalidRequestError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -164,7 +166,9 @@ def build_request(
         body.setdefault("stream_options", {"include_usage": True})
     body["extra_headers"] = {**(kwargs.get("extra_headers") or {}), CONSTRAINT_HEADER: spec.kind}
     fallback = spec.constraint.fallback() if spec.constraint is not None else None
-    fields = spec.constraint.structured_outputs() if spec.constraint is not None else None
+    fields = None
+    if spec.constraint is not None:
+        fields = spec.constraint.structured_outputs(engine_compact=engine_compact)
     if plain and fallback is not None:
         fields, fallback = fallback, None
     request = Request(endpoint, _with_constraint(body, kwargs.get("extra_body"), fields), spec)

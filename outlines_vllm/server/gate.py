@@ -8,8 +8,10 @@ layer, so a streamed token costs one ``send`` wrapper on top of vLLM's own path.
   (4xx with the reason, ``validation.py``); then this replica's vLLM app when the body names this
   replica's model, else the replica of the named model (a Serve handle; only multi-model apps).
   The body reaches vLLM byte for byte (the model is filled in when omitted).
-- ``/v1/models`` lists every served model; ``/version`` is vLLM's; ``/health`` and ``/metrics``
-  (every replica's metrics, through the hub) are open for probes and Prometheus.
+- ``/v1/models`` lists every served model; ``/version`` is vLLM's plus the engine's
+  structured-output settings (``engine_info.py``: clients pick the faster JSON form);
+  ``/health`` and ``/metrics`` (every replica's metrics, through the hub) are open for probes
+  and Prometheus.
 - Anything else is 404: vLLM's other routes (tokenize, admin, ...) stay inside.
 """
 
@@ -20,6 +22,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ..engine_info import version_body
 from ..types import CONSTRAINT_HEADER, REPLICA_HEADER
 from .observe import Observation
 from .validation import CHAT, COMPLETIONS, BadRequest, inspect_request
@@ -73,8 +76,8 @@ class Gate:
                 return
             data = await self.host.all_model_cards()
             await respond(send, 200, json.dumps({"object": "list", "data": data}).encode())
-        elif path == "/version" and method == "GET":
-            await self.host.vllm_app(scope, receive, send)
+        elif path == "/version" and method == "GET":  # vLLM's, plus the engine's JSON settings
+            await respond(send, 200, version_body(self.host.vllm_app.state.vllm_config))
         elif path == "/health" and method in ("GET", "HEAD"):
             status, body = await self.host.app_health()
             await respond(send, status, json.dumps(body).encode())

@@ -1,8 +1,11 @@
-"""Compact JSON on real servers: ours (xgrammar, whitespace disabled engine-wide) and a plain vLLM
-server with another backend (guidance), where only the request can make JSON compact."""
+"""Compact JSON on real servers: ours (xgrammar, whitespace disabled engine-wide, said on
+``/version``: schemas go as the schema) and a plain vLLM server with another backend (guidance),
+where only the request can make JSON compact (schemas go as a regex)."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +15,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from outlines_vllm import from_vllm, output_spec
+from tests.runaway import BOUNDED, NUMBER, RUNAWAY
 
 # Both forms of compact JSON: an exact regex, and the schema itself.
 REGEX_FORM = {
@@ -92,6 +96,32 @@ def guidance_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
 )
 def test_json_is_compact_on_our_server(openai_client, schema):
     _check_compact(from_vllm(openai_client), schema)
+
+
+def version(server) -> dict:
+    with urllib.request.urlopen(server.base_url + "/version") as answer:
+        return json.load(answer)
+
+
+def test_our_server_says_its_engine_is_compact_and_gets_the_schema(vllm_server, openai_client):
+    assert version(vllm_server)["structured_outputs"] == {
+        "backend": "xgrammar",
+        "disable_any_whitespace": True,
+    }
+    model = from_vllm(openai_client)
+    texts = model.batch(RUNAWAY, NUMBER, max_tokens=40, temperature=0, endpoint="completions", progress=False)
+    assert model.engine_compact
+    assert texts == BOUNDED  # digits bounded, as offline
+    assert "json" in model._request("x", NUMBER, {}).body["extra_body"]["structured_outputs"]
+
+
+def test_a_server_whose_whitespace_is_free_gets_the_regex(guidance_server):
+    assert version(guidance_server)["structured_outputs"]["disable_any_whitespace"] is False
+    client = openai.OpenAI(base_url=guidance_server.base_url + "/v1", api_key="-", max_retries=0)
+    model = from_vllm(client)
+    assert model(RUNAWAY[0], NUMBER, max_tokens=40, temperature=0, endpoint="completions") == BOUNDED[0]
+    assert not model.engine_compact
+    assert list(model._request("x", NUMBER, {}).body["extra_body"]["structured_outputs"]) == ["regex"]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from outlines_vllm import (
     from_vllm_offline,
     output_spec,
 )
+from tests.runaway import BOUNDED, NUMBER, RUNAWAY
 
 # Bounded strings keep the tiny model from rambling inside a string until max_tokens.
 Short = Annotated[str, Field(max_length=24)]
@@ -241,3 +242,22 @@ async def test_async_batch_mixes_output_types(async_llm):
         progress=False,
     )
     assert isinstance(values[0], Pet) and values[1] in ("yes", "no") and isinstance(values[2], int)
+
+
+def test_on_our_engine_json_goes_as_the_schema_with_its_digits_bounded(model):
+    """Our engines keep JSON compact themselves (launch.STRUCTURED_OUTPUTS_CONFIG), so schemas go
+    as the schema (xgrammar masks it ~400x faster than the regex), integers capped at 16 digits."""
+    assert model.engine_compact
+    sent = model._request("x", NUMBER, None, {}).params.structured_outputs
+    assert sent.regex is None and sent.json["properties"]["n"]["maximum"] == 10**16 - 1
+    texts = model.batch(RUNAWAY, NUMBER, max_tokens=40, temperature=0, endpoint="completions", progress=False)
+    assert texts == BOUNDED
+    # The control: the same schema without the bound runs on to max_tokens.
+    with pytest.raises(TruncatedOutputError):
+        model(
+            RUNAWAY[0],
+            output_spec(NUMBER, compact=False),
+            max_tokens=40,
+            temperature=0,
+            endpoint="completions",
+        )

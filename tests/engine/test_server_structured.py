@@ -141,7 +141,10 @@ def test_online_models_work_against_the_ingress(ray_server: Any) -> None:
     assert model("Pick a color.", outlines_vllm.Choice(COLORS), max_tokens=5) in COLORS
     assert "".join(model.stream("Invent a person.", Person, max_tokens=60)).startswith("{")
 
-    # Compact JSON travels as a regex; the client's X-Outlines-Constraint header labels it json.
+    # The gate's /version says the engine keeps JSON compact, so schemas travel as the schema;
+    # the client's X-Outlines-Constraint header labels them json.
+    assert model.engine_compact
+
     # Other replicas publish their metrics every 2 s: wait (bounded) until both requests show.
     def json_done() -> float:
         return metric_sum(

@@ -11,6 +11,7 @@ flags, our CLI accepts the Job's, the RayService runs a serve config our app acc
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 import shutil
@@ -233,6 +234,7 @@ def test_server_flags_parse_with_vllms_own_parser_and_port_matches(built: dict) 
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from outlines_vllm.engine_info import MIDDLEWARE
     from outlines_vllm.launch import STRUCTURED_OUTPUTS_CONFIG
 
     for overlay in ("plain", "plain-hpa"):
@@ -249,6 +251,8 @@ def test_server_flags_parse_with_vllms_own_parser_and_port_matches(built: dict) 
         )
         compact = args.structured_outputs_config
         assert (compact.backend, compact.disable_any_whitespace) == tuple(STRUCTURED_OUTPUTS_CONFIG.values())
+        assert args.middleware == [MIDDLEWARE]  # /version tells clients the engine is compact
+        importlib.import_module(MIDDLEWARE.rsplit(".", 1)[0])
         (port,) = c["ports"]
         assert args.port == port["containerPort"] == 8000
         service = one(objects, "Service")

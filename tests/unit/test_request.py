@@ -81,6 +81,15 @@ def test_compact_json_carries_its_plain_form_to_retry_with():
         assert build_request("m", "hi", nothing_to_fall_back_to, {}).plain is None
 
 
+def test_a_server_whose_engine_is_compact_gets_the_schema_form():
+    request = build_request("m", "hi", SCHEMA, {}, engine_compact=True)
+    sent = request.body["extra_body"]["structured_outputs"]
+    assert (
+        sent["disable_any_whitespace"] is True and sent["json"]["x-guidance"]["whitespace_flexible"] is False
+    )
+    assert request.plain.body["extra_body"] == {"structured_outputs": {"json": SCHEMA}}
+
+
 def test_free_text_sends_no_structured_outputs_and_labels_none():
     assert body(None) == {"model": "m", "messages": USER, "extra_headers": {CONSTRAINT_HEADER: "none"}}
 
@@ -252,11 +261,15 @@ class _Handler(BaseHTTPRequestHandler):
     gets: list[str] = []  # noqa: RUF012
     bodies: list[dict] = []  # noqa: RUF012
     refuse_regex = False  # answer a regex constraint with 400, as a backend without regexes would
+    structured_outputs = None  # the engine settings our servers add to /version
 
     def do_GET(self):
         type(self).gets.append(self.path)
         if self.path == "/version":
-            self._json({"version": self.version})
+            info = {"version": self.version}
+            if self.structured_outputs is not None:
+                info["structured_outputs"] = self.structured_outputs
+            self._json(info)
         elif self.path == "/v1/models":
             self._json({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
         else:
@@ -341,6 +354,26 @@ def test_a_server_that_refuses_compact_json_gets_the_plain_schema_with_a_warning
     assert _Handler.bodies[-1]["structured_outputs"] == {"json": SCHEMA}
     with pytest.raises(ConstraintRejectedError, match="not supported"):
         model("hi", Regex("a"))  # a regex of the caller's own has no other form
+
+
+@pytest.mark.parametrize(
+    ("settings", "form"),
+    [
+        ({"backend": "xgrammar", "disable_any_whitespace": True}, "json"),
+        ({"backend": "guidance", "disable_any_whitespace": True}, "json"),
+        ({"backend": "xgrammar", "disable_any_whitespace": False}, "regex"),
+        ({"backend": "auto", "disable_any_whitespace": False}, "regex"),
+        (None, "regex"),  # vLLM's own /version says nothing: the regex, compact everywhere
+    ],
+)
+def test_the_json_form_follows_what_the_server_says_of_its_engine(old_server, monkeypatch, settings, form):
+    monkeypatch.setattr(_Handler, "version", "0.32.0")
+    monkeypatch.setattr(_Handler, "structured_outputs", settings)
+    monkeypatch.setattr(_Handler, "content", '{"a":1}')
+    model = from_vllm(openai.OpenAI(base_url=old_server + "/v1", api_key="x", max_retries=0))
+    assert model.parse("hi", SCHEMA) == {"a": 1}
+    assert model.engine_compact is (form == "json")
+    assert form in _Handler.bodies[-1]["structured_outputs"]
 
 
 async def test_the_async_model_falls_back_from_compact_json_too(old_server, monkeypatch):

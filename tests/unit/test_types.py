@@ -225,7 +225,7 @@ def test_bounded_integers_are_exact_in_the_compact_regex(bounds, inside, outside
         {
             "type": "object",
             "properties": {"a": {"type": "string"}},
-            "additionalProperties": {"type": "integer"},
+            "additionalProperties": {"type": "string"},
         },
         {"type": "object"},  # any object: a regex can only cut its depth
         {
@@ -246,6 +246,58 @@ def test_schemas_a_regex_would_loosen_go_as_hinted_schemas(schema):
         "key_separator": ":",
     }
     assert {k: v for k, v in fields["json"].items() if k != "x-guidance"} == schema
+
+
+def _xgrammar_accepts(fields: dict, text: str) -> bool:
+    """Whether vLLM's xgrammar backend, on an engine with ``disable_any_whitespace``, lets the
+    model write ``text`` under these fields (compiled as vLLM 0.32 compiles them)."""
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    grammar = xgr.Grammar.from_json_schema(
+        json.dumps(fields["json"]), any_whitespace=False, separators=(",", ":"), strict_mode=True
+    )
+    return _is_grammar_accept_string(grammar, text)
+
+
+def test_on_a_compact_engine_json_goes_as_the_schema_with_its_integers_bounded():
+    spec = output_spec(Character)
+    fields = spec.constraint.structured_outputs(engine_compact=True)
+    assert set(fields) == {"json", "disable_any_whitespace"}
+    age = fields["json"]["properties"]["age"]
+    assert (age["minimum"], age["maximum"]) == (-(10**16 - 1), 10**16 - 1)
+    assert fields["json"]["properties"]["name"] == Character.model_json_schema()["properties"]["name"]
+    assert spec.constraint.fallback() == {"json": Character.model_json_schema()}
+    # What xgrammar then lets through is what the regex form lets through:
+    assert _xgrammar_accepts(fields, '{"name":"Ada","age":-1234567890123456}')
+    assert not _xgrammar_accepts(fields, '{"name": "Ada","age":36}')  # no free whitespace
+    assert not _xgrammar_accepts(fields, '{"age":36,"name":"Ada"}')  # the model's field order
+    assert not _xgrammar_accepts(fields, '{"name":"Ada","age":12345678901234567}')  # runaway digits
+
+
+def test_integer_bounds_of_the_schema_stay_and_a_missing_side_is_added():
+    schema = {
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "object",
+        "properties": {
+            "low": {"type": "integer", "minimum": 5},
+            "both": {"type": "integer", "minimum": 0, "maximum": 9},
+            "maybe": {"type": ["integer", "null"]},
+            "old": {"type": "integer", "minimum": 0, "exclusiveMinimum": True},  # draft 4: as is
+            "enum": {"enum": [{"type": "integer"}]},  # data, not a schema
+        },
+    }
+    props = output_spec(schema).constraint.structured_outputs(engine_compact=True)["json"]["properties"]
+    assert props["low"] == {"type": "integer", "minimum": 5, "maximum": 10**16 - 1}
+    assert props["both"] == schema["properties"]["both"]
+    assert props["maybe"] == {"type": ["integer", "null"], "minimum": -(10**16 - 1), "maximum": 10**16 - 1}
+    assert props["old"] == schema["properties"]["old"]
+    assert props["enum"] == schema["properties"]["enum"]
+
+
+def test_a_whitespace_pattern_keeps_the_regex_form_on_a_compact_engine():
+    spec = output_spec(Character, whitespace_pattern="[ ]?")
+    assert list(spec.constraint.structured_outputs(engine_compact=True)) == ["regex"]
 
 
 def test_compact_json_keeps_the_models_field_order():
