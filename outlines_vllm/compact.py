@@ -237,6 +237,8 @@ def _exact(node: Any, root: dict[str, Any]) -> bool:
         return False
     if node.get("type") == "array" and not node.keys() & {"items", "prefixItems"}:
         return False
+    if node.keys() & {"pattern", "format"} and node.keys() & {"minLength", "maxLength"}:
+        return False  # outlines_core then keeps the length and drops the pattern or format
     for key, value in node.items():
         if key not in _EXACT_KEYWORDS:
             if key == "format" and value in _EXACT_FORMATS:

@@ -36,10 +36,14 @@ def engine_compact(settings: Mapping[str, Any] | None) -> bool:
     return settings.get("disable_any_whitespace") is True and settings.get("backend") in COMPACT_BACKENDS
 
 
+def offline_vllm_config(engine: Any) -> Any:
+    """The ``VllmConfig`` of an embedded ``vllm.LLM`` or async engine."""
+    return getattr(engine, "vllm_config", None) or engine.llm_engine.vllm_config
+
+
 def offline_engine_compact(engine: Any) -> bool:
     """``engine_compact`` of an embedded ``vllm.LLM`` or async engine."""
-    config = getattr(engine, "vllm_config", None) or engine.llm_engine.vllm_config
-    return engine_compact(structured_outputs_settings(config))
+    return engine_compact(structured_outputs_settings(offline_vllm_config(engine)))
 
 
 def version_body(vllm_config: Any) -> bytes:

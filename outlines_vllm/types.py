@@ -118,11 +118,15 @@ class Constraint:
             return {"json_object": True, "disable_any_whitespace": True}
         return {self.kind: self.value}
 
-    def fallback(self) -> dict[str, Any] | None:
-        """Plain fields for a server that refuses the compact form, or None when there is none."""
-        if self.structured_outputs().keys() == {self.kind}:
-            return None
-        return {self.kind: self.value}
+    def fallback(self, *, engine_compact: bool = False) -> dict[str, Any] | None:
+        """The fields to send when the engine refuses ``structured_outputs(engine_compact=...)``,
+        or None when there is nothing else to send. Elsewhere the plain schema (the server may
+        not take the compact form at all); on an engine that keeps JSON compact, the regex form:
+        vLLM refuses some schemas whose keywords xgrammar would not enforce (a ``pattern`` with
+        ``maxLength``, ...), and the regex states them exactly."""
+        sent = self.structured_outputs(engine_compact=engine_compact)
+        other = self.structured_outputs() if engine_compact else {self.kind: self.value}
+        return None if other == sent else other
 
 
 @dataclass(frozen=True)

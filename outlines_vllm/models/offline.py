@@ -21,14 +21,16 @@ vLLM is imported only when an engine is used, never by ``import outlines_vllm``.
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..engine_info import offline_engine_compact
+from ..engine_info import offline_engine_compact, offline_vllm_config
 from ..errors import InvalidPromptError, InvalidRequestError, UnsupportedModelError
-from ..types import OutputSpec, output_spec
+from ..types import Constraint, OutputSpec, output_spec
 from .base import Generation, PartialObjects, TextStream, Usage, engine_errors, finish
 from .prompts import to_messages, to_text
 from .request import Endpoint, _merge_constraint, spec_for_partials
@@ -94,7 +96,9 @@ class _Offline:
         # The model's generation_config defaults, as the server applies them.
         self._defaults: dict[str, Any] = dict(engine.model_config.get_diff_sampling_param() or {})
         # Whether the engine keeps JSON compact itself: then schemas go as the faster schema form.
+        self.vllm_config = offline_vllm_config(engine)
         self.engine_compact = offline_engine_compact(engine)
+        self._engine_takes = functools.lru_cache(maxsize=512)(self._check)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.engine.model_config.model!r}, endpoint={self.endpoint!r})"
@@ -140,9 +144,7 @@ class _Offline:
                     "extra_body={'structured_outputs': {...}})"
                 )
             params.structured_outputs = StructuredOutputsParams(
-                **_merge_constraint(
-                    so_options or None, spec.constraint.structured_outputs(engine_compact=self.engine_compact)
-                )
+                **_merge_constraint(so_options or None, self._constraint_fields(spec.constraint))
             )
         elif so_options:
             params.structured_outputs = StructuredOutputsParams(**so_options)
@@ -150,6 +152,29 @@ class _Offline:
             raise InvalidRequestError("streaming returns one generation; use n=1 or a non-streamed call")
         params.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         return _Request(self._render(prompt, endpoint, chat_args), params, spec, **engine_args)
+
+    def _constraint_fields(self, constraint: Constraint) -> dict[str, Any]:
+        """The constraint's fields for this engine; its fallback (``Constraint.fallback``) when
+        the engine's own check of requests refuses them."""
+        fields = constraint.structured_outputs(engine_compact=self.engine_compact)
+        fallback = constraint.fallback(engine_compact=True) if self.engine_compact else None
+        if fallback is None or self._engine_takes(json.dumps(fields)):
+            return fields
+        return fallback
+
+    def _check(self, fields_json: str) -> bool:
+        """Whether vLLM's check of a request (what adding it runs) accepts these fields."""
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
+        from vllm.sampling_params import StructuredOutputsParams
+
+        params = SamplingParams(structured_outputs=StructuredOutputsParams(**json.loads(fields_json)))
+        config = self.vllm_config
+        try:
+            params.verify(config.model_config, None, config.structured_outputs_config, self.tokenizer)
+        except (ValueError, VLLMValidationError):
+            return False
+        return True
 
     def _sampling_fields(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """SamplingParams fields from keyword arguments (openai names included), and the

@@ -66,7 +66,11 @@ class _Online:
         )
 
     def _after_refusal(self, request: Request, error: ConstraintRejectedError) -> Request:
-        """What to send after ``error``: the plain schema (remembered for later calls)."""
+        """What to send after ``error``. On an engine that keeps JSON compact, the refusal is
+        about this schema's keywords: its regex form, quietly, this once. Elsewhere the server
+        refuses the compact form itself: the plain schema, remembered for later calls."""
+        if self.engine_compact:
+            return request.after_refusal(error, warn=False)
         plain = request.after_refusal(error)
         self.plain_json = True
         return plain

@@ -47,13 +47,15 @@ class Request:
     endpoint: Endpoint
     body: dict[str, Any]
     spec: OutputSpec
-    plain: Request | None = None  # the same request with the plain schema, when it differs
+    plain: Request | None = None  # the same request with the fallback form, when there is one
 
-    def after_refusal(self, error: ConstraintRejectedError) -> Request:
-        """The request to send after the server refused this one: the plain schema when the
-        refused form was compact JSON (with a warning), else ``error`` is raised."""
+    def after_refusal(self, error: ConstraintRejectedError, *, warn: bool = True) -> Request:
+        """The request to send after the server refused this one: the fallback form when the
+        refused form was compact JSON (the plain schema, with a warning), else ``error`` is raised."""
         if self.plain is None:
             raise error
+        if not warn:
+            return self.plain
         warnings.warn(
             f"the server refused compact JSON ({error.message}); sending the plain schema, so "
             "this server may pad JSON with whitespace. Start it with --structured-outputs-config "
@@ -142,7 +144,8 @@ def build_request(
     ``kwargs`` are the caller's openai SDK arguments; neither they nor anything inside them
     is modified. ``plain`` sends JSON schemas as they are (for a server that refused the
     compact form before); otherwise ``Request.plain`` holds that form, to retry with.
-    ``engine_compact``: the server said its engine keeps JSON compact (``engine_info.py``).
+    ``engine_compact``: the server said its engine keeps JSON compact (``engine_info.py``):
+    schemas go as the schema, and ``Request.plain`` holds the regex form instead.
     """
     if endpoint not in ("chat", "completions"):
         raise InvalidRequestError(f'endpoint must be "chat" or "completions", got {endpoint!r}')
@@ -165,7 +168,9 @@ def build_request(
         # The last chunk then carries the token usage (a caller's own stream_options win).
         body.setdefault("stream_options", {"include_usage": True})
     body["extra_headers"] = {**(kwargs.get("extra_headers") or {}), CONSTRAINT_HEADER: spec.kind}
-    fallback = spec.constraint.fallback() if spec.constraint is not None else None
+    fallback = (
+        spec.constraint.fallback(engine_compact=engine_compact) if spec.constraint is not None else None
+    )
     fields = None
     if spec.constraint is not None:
         fields = spec.constraint.structured_outputs(engine_compact=engine_compact)

@@ -14,8 +14,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from outlines_vllm import from_vllm, output_spec
-from tests.runaway import BOUNDED, NUMBER, RUNAWAY
+from outlines_vllm import ConstraintRejectedError, from_vllm, output_spec
+from tests.runaway import BOUNDED, NUMBER, RUNAWAY, nested
 
 # Both forms of compact JSON: an exact regex, and the schema itself.
 REGEX_FORM = {
@@ -113,6 +113,19 @@ def test_our_server_says_its_engine_is_compact_and_gets_the_schema(vllm_server, 
     assert model.engine_compact
     assert texts == BOUNDED  # digits bounded, as offline
     assert "json" in model._request("x", NUMBER, {}).body["extra_body"]["structured_outputs"]
+
+
+def test_a_schema_our_server_refuses_as_a_schema_goes_as_its_regex(openai_client):
+    """vLLM refuses schemas nested deeper than 64 JSON levels (400); the client then sends the
+    schema's regex form, which states it exactly."""
+    deep = nested(34)
+    model = from_vllm(openai_client)
+    with pytest.raises(ConstraintRejectedError, match="nested too deeply"):  # the control
+        model("Fill in the JSON.", output_spec(deep, compact=False), max_tokens=200)
+    value = model.parse("Fill in the JSON.", deep, max_tokens=400, temperature=0)
+    for _ in range(34):
+        value = value["a"]
+    assert 0 <= value <= 9 and model.engine_compact
 
 
 def test_a_server_whose_whitespace_is_free_gets_the_regex(guidance_server):

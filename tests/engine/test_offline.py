@@ -20,6 +20,7 @@ from outlines_vllm import (
     AsyncVLLMOffline,
     BadRequestError,
     Choice,
+    ConstraintRejectedError,
     InvalidRequestError,
     JsonObject,
     JsonSchema,
@@ -29,7 +30,7 @@ from outlines_vllm import (
     from_vllm_offline,
     output_spec,
 )
-from tests.runaway import BOUNDED, NUMBER, RUNAWAY
+from tests.runaway import BOUNDED, NUMBER, RUNAWAY, nested
 
 # Bounded strings keep the tiny model from rambling inside a string until max_tokens.
 Short = Annotated[str, Field(max_length=24)]
@@ -261,3 +262,16 @@ def test_on_our_engine_json_goes_as_the_schema_with_its_digits_bounded(model):
             temperature=0,
             endpoint="completions",
         )
+
+
+def test_a_schema_the_engine_refuses_as_a_schema_goes_as_its_regex(model):
+    """vLLM refuses schemas nested deeper than 64 JSON levels; the regex form is not checked so,
+    and states the schema exactly."""
+    deep = nested(34)
+    with pytest.raises(ConstraintRejectedError, match="nested too deeply"):  # the control
+        model("Fill in the JSON.", output_spec(deep, compact=False), max_tokens=200)
+    assert model._request("x", deep, None, {}).params.structured_outputs.regex
+    value = model.parse("Fill in the JSON.", deep, max_tokens=400, temperature=0)
+    for _ in range(34):
+        value = value["a"]
+    assert 0 <= value <= 9

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
@@ -87,7 +88,10 @@ def test_a_server_whose_engine_is_compact_gets_the_schema_form():
     assert (
         sent["disable_any_whitespace"] is True and sent["json"]["x-guidance"]["whitespace_flexible"] is False
     )
-    assert request.plain.body["extra_body"] == {"structured_outputs": {"json": SCHEMA}}
+    # If the engine refuses this schema's keywords, the regex form states them exactly.
+    regex_form = build_request("m", "hi", SCHEMA, {}).body["extra_body"]
+    assert list(regex_form["structured_outputs"]) == ["regex"]
+    assert request.plain.body["extra_body"] == regex_form
 
 
 def test_free_text_sends_no_structured_outputs_and_labels_none():
@@ -262,6 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
     bodies: list[dict] = []  # noqa: RUF012
     refuse_regex = False  # answer a regex constraint with 400, as a backend without regexes would
     structured_outputs = None  # the engine settings our servers add to /version
+    refuse_json = False  # answer a json constraint with 400, as vLLM does for keywords xgrammar skips
 
     def do_GET(self):
         type(self).gets.append(self.path)
@@ -281,6 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
         type(self).bodies.append(sent)
         if self.refuse_regex and "regex" in sent.get("structured_outputs", {}):
             self._json({"error": {"message": "regex is not supported by this backend", "code": 400}}, 400)
+            return
+        if self.refuse_json and "json" in sent.get("structured_outputs", {}):
+            message = "The provided JSON schema contains features not supported by xgrammar."
+            self._json({"error": {"message": message, "code": 400}}, 400)
             return
         self._json(
             {
@@ -374,6 +383,25 @@ def test_the_json_form_follows_what_the_server_says_of_its_engine(old_server, mo
     assert model.parse("hi", SCHEMA) == {"a": 1}
     assert model.engine_compact is (form == "json")
     assert form in _Handler.bodies[-1]["structured_outputs"]
+
+
+def test_a_compact_engine_that_refuses_a_schema_gets_its_regex_form_quietly_each_time(
+    old_server, monkeypatch
+):
+    monkeypatch.setattr(_Handler, "version", "0.32.0")
+    monkeypatch.setattr(
+        _Handler, "structured_outputs", {"backend": "xgrammar", "disable_any_whitespace": True}
+    )
+    monkeypatch.setattr(_Handler, "refuse_json", True)
+    monkeypatch.setattr(_Handler, "content", '{"a":1}')
+    model = from_vllm(openai.OpenAI(base_url=old_server + "/v1", api_key="x", max_retries=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about: the answer stays compact
+        assert model.parse("hi", SCHEMA) == {"a": 1}
+        assert model.parse("hi", SCHEMA) == {"a": 1}
+    # Per schema, not per server: the next call tries the fast form first again.
+    sent = [sorted(body["structured_outputs"]) for body in _Handler.bodies]
+    assert sent == [["disable_any_whitespace", "json"], ["regex"]] * 2
 
 
 async def test_the_async_model_falls_back_from_compact_json_too(old_server, monkeypatch):

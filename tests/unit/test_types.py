@@ -234,6 +234,9 @@ def test_bounded_integers_are_exact_in_the_compact_regex(bounds, inside, outside
         },
         {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
         {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}},
+        # outlines_core would keep the length and drop the pattern (or format):
+        {"type": "object", "properties": {"a": {"type": "string", "pattern": "^[A-Z]+$", "maxLength": 3}}},
+        {"type": "object", "properties": {"a": {"type": "string", "format": "date", "minLength": 10}}},
     ],
 )
 def test_schemas_a_regex_would_loosen_go_as_hinted_schemas(schema):
@@ -268,6 +271,8 @@ def test_on_a_compact_engine_json_goes_as_the_schema_with_its_integers_bounded()
     assert (age["minimum"], age["maximum"]) == (-(10**16 - 1), 10**16 - 1)
     assert fields["json"]["properties"]["name"] == Character.model_json_schema()["properties"]["name"]
     assert spec.constraint.fallback() == {"json": Character.model_json_schema()}
+    assert spec.constraint.fallback(engine_compact=True) == spec.constraint.structured_outputs()  # the regex
+    assert output_spec({"type": "object"}).constraint.fallback(engine_compact=True) is None  # no regex form
     # What xgrammar then lets through is what the regex form lets through:
     assert _xgrammar_accepts(fields, '{"name":"Ada","age":-1234567890123456}')
     assert not _xgrammar_accepts(fields, '{"name": "Ada","age":36}')  # no free whitespace
