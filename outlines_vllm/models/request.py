@@ -168,12 +168,10 @@ def build_request(
         # The last chunk then carries the token usage (a caller's own stream_options win).
         body.setdefault("stream_options", {"include_usage": True})
     body["extra_headers"] = {**(kwargs.get("extra_headers") or {}), CONSTRAINT_HEADER: spec.kind}
-    fallback = (
-        spec.constraint.fallback(engine_compact=engine_compact) if spec.constraint is not None else None
-    )
-    fields = None
+    fields = fallback = None
     if spec.constraint is not None:
         fields = spec.constraint.structured_outputs(engine_compact=engine_compact)
+        fallback = spec.constraint.fallback(engine_compact=engine_compact)
     if plain and fallback is not None:
         fields, fallback = fallback, None
     request = Request(endpoint, _with_constraint(body, kwargs.get("extra_body"), fields), spec)
