@@ -46,10 +46,14 @@ def add_parser(commands: Any) -> None:
     coverage.add_argument("--per-set", default="20", help="schemas sampled per set, or 'all' (default 20)")
     coverage.add_argument("--backends", nargs="+", help="xgrammar guidance outlines (default: all three)")
     coverage.add_argument(
-        "--variants", nargs="+", help="json (plain vLLM) package (what we send); default both"
+        "--variants",
+        nargs="+",
+        help="json (plain vLLM), package (what we send our engines), package-vanilla (what we send "
+        "vLLM's own server); default all three",
     )
+    coverage.add_argument("--timeout", type=float, default=30.0, help="CPU seconds per compile")
     coverage.add_argument(
-        "--timeout", type=float, default=30.0, help="CPU seconds per compile (outlines: at most vLLM's 5 s)"
+        "--outlines-timeout", type=float, default=5.0, help="outlines' limit (at most vLLM's own 5 s)"
     )
     coverage.add_argument("--workers", type=int, default=2, help="worker processes (default 2: both cores)")
     coverage.add_argument("--mask-per-set", type=int, default=5, help="schemas per set whose masks are timed")
@@ -216,6 +220,7 @@ def _coverage(args: argparse.Namespace) -> int:
         **{k: v for k, v in given.items() if v},
         per_set=per_set,
         timeout=args.timeout,
+        outlines_timeout=args.outlines_timeout,
         workers=args.workers,
         mask_per_set=args.mask_per_set,
         mask_steps=args.mask_steps,

