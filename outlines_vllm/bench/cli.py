@@ -34,7 +34,9 @@ def add_parser(commands: Any) -> None:
     local = modes.add_parser("run", help="offline, then online through a local server (the default run)")
     local.add_argument("--model", help="model folder (default: the default model)")
     local.add_argument("--backend", action="append", help="structured-output backend(s) to start")
-    local.add_argument("--offline-only", action="store_true", help="skip the local server")
+    only = local.add_mutually_exclusive_group()
+    only.add_argument("--offline-only", action="store_true", help="skip the local server")
+    only.add_argument("--online-only", action="store_true", help="skip the embedded engine")
     _common(local)
     local.set_defaults(run=_local)
 
@@ -203,9 +205,14 @@ def _local(args: argparse.Namespace) -> int:
     from .runner import ENGINE_OPTIONS, run_local
 
     model = _model(args)
-    modes = ["offline"] if args.offline_only else None
-    scenario = _scenario(args, modes=modes, backends=args.backend)
+    scenario = _run_scenario(args)
     return _finish(run_local(model, scenario), scenario, args.out, model=model, engine_options=ENGINE_OPTIONS)
+
+
+def _run_scenario(args: argparse.Namespace) -> Any:
+    """The scenario of ``bench run``: the file's modes, less the one skipped."""
+    modes = ["offline"] if args.offline_only else ["online"] if args.online_only else None
+    return _scenario(args, modes=modes, backends=args.backend)
 
 
 def _coverage(args: argparse.Namespace) -> int:
