@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,22 @@ def _workloads(scenario: Scenario, plan: list[dict[str, Any]], mode: str) -> Ite
                 run["workload"],
                 requests=scenario.requests,
                 warmup=scenario.warmup,
-                seed=scenario.seed,
+                seed=_seed(scenario, run),
                 salt=f"{nonce}{mode[:2]}{index}",
                 jsonschemabench=scenario.jsonschemabench,
             ),
         )
 
 
-def _sampling(scenario: Scenario) -> Sampling:
-    return Sampling(scenario.max_tokens, scenario.temperature, scenario.seed)
+def _seed(scenario: Scenario, run: dict[str, Any]) -> int:
+    """The seed of one run's prompts and sampling. The paths compared within a repetition share
+    it; each repetition moves it on, so repeats draw new prompts and answers and the spread of a
+    ratio covers what the answers vary, not only the timing."""
+    return scenario.seed + 1000 * run.get("repeat", 0)
+
+
+def _sampling(scenario: Scenario, run: dict[str, Any] | None = None) -> Sampling:
+    return Sampling(scenario.max_tokens, scenario.temperature, _seed(scenario, run or {}))
 
 
 # --- online --------------------------------------------------------------------------------------
@@ -132,7 +140,7 @@ async def _online(
             workload,
             concurrency=run["concurrency"],
             rate=run["rate"],
-            seed=scenario.seed,
+            seed=_seed(scenario, run),
             desc=f"{run['path']} {run['workload']} c={run['concurrency']}",
         )
         summaries.append(summarise(workload, measured, labels))
@@ -145,20 +153,18 @@ async def _online(
 
 def run_offline(llm: Any, scenario: Scenario, *, backend: str = "auto") -> list[dict[str, Any]]:
     """Every offline run of ``scenario`` on the embedded engine ``llm`` (a ``vllm.LLM``)."""
-    sampling = _sampling(scenario)
-
-    senders: dict[str, load.SendBatch] = {"raw": lambda requests: paths.offline_raw(llm, requests, sampling)}
+    senders: dict[str, Any] = {"raw": partial(paths.offline_raw, llm)}
     if "package" in scenario.paths:
         from outlines_vllm import from_vllm_offline
 
-        package = from_vllm_offline(llm)
-        senders["package"] = lambda requests: paths.offline_package(package, requests, sampling)
+        senders["package"] = partial(paths.offline_package, from_vllm_offline(llm))
     summaries = []
     plan = _plan(scenario, "offline")
     for run, workload in tqdm(list(_workloads(scenario, plan, "offline")), desc="offline runs", unit="run"):
         labels = {"mode": "offline", "backend": backend, **run}
+        send = partial(senders[run["path"]], sampling=_sampling(scenario, run))
         llm.reset_prefix_cache()  # a shared engine may cache prompts; each run starts cold
-        summaries.append(summarise(workload, load.run_offline(senders[run["path"]], workload), labels))
+        summaries.append(summarise(workload, load.run_offline(send, workload), labels))
     return summaries
 
 

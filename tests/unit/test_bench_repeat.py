@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from outlines_vllm.bench import report, stats
-from outlines_vllm.bench.runner import _plan
+from outlines_vllm.bench.runner import _plan, _sampling, _workloads
 from outlines_vllm.bench.scenario import Scenario
 
 
@@ -20,6 +20,20 @@ def test_plan_repeats_every_run_and_alternates_the_order() -> None:
     assert strip(plan[len(once) : 2 * len(once)]) == strip(once)[::-1]
     assert [r["repeat"] for r in plan] == [0] * len(once) + [1] * len(once) + [2] * len(once)
     assert all(r["repeats"] == 3 for r in plan)
+
+
+def test_repeats_draw_new_prompts_and_seeds_while_the_paths_of_one_repeat_share_them() -> None:
+    scenario = Scenario(workloads=["json_fixed"], paths=["raw", "package"], repeat=2)
+    runs = list(_workloads(scenario, _plan(scenario, "offline"), "offline"))
+    prompts = {
+        (run["repeat"], run["path"]): [r.messages for r in workload.measured] for run, workload in runs
+    }
+    seeds = {(run["repeat"], run["path"]): _sampling(scenario, run).seed for run, _ in runs}
+    for repeat in (0, 1):
+        assert prompts[repeat, "raw"] == prompts[repeat, "package"]
+        assert seeds[repeat, "raw"] == seeds[repeat, "package"]
+    assert prompts[0, "raw"] != prompts[1, "raw"]
+    assert seeds[0, "raw"] != seeds[1, "raw"]
 
 
 def test_repeat_must_be_positive() -> None:
