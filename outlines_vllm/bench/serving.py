@@ -8,7 +8,9 @@ its own salt, so no path gets a prefix-cache hit the other did not).
 
 Reported per path and concurrency (median over repeats, min-max spread): output tok/s,
 requests/s, streamed chunks/s, TTFT and TPOT p50/p90; and the app/direct ratio of each, taken
-within a repeat (the two runs are seconds apart) and then summarised the same way.
+within a repeat (the two runs are seconds apart) and then summarised the same way. Beside the
+rates, the CPU time each serving process spent per streamed chunk (:mod:`.cpu_meter`): the
+layer's own cost, which the other jobs of a shared machine do not blur.
 
 ``--model tiny`` serves a dummy-weight model made on the fly (:func:`tiny_model`): an engine
 that outruns the serving layer, as a GPU engine does, so its ratios are the layer's ceiling.
@@ -25,9 +27,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .cpu_meter import CpuMeter
 
 PATHS = ("direct", "app")
 METRICS = (
@@ -221,6 +226,7 @@ def summarise(records: list[Stream], duration: float) -> dict[str, Any]:
         "succeeded": len(ok),
         "errors": sorted({r.error for r in records if not r.ok})[:3],
         "duration_s": duration,
+        "chunks": sum(r.chunks for r in ok),
         "output_tokens_per_s": sum(r.tokens for r in ok) / duration,
         "requests_per_s": len(ok) / duration,
         "chunks_per_s": sum(r.chunks for r in ok) / duration,
@@ -243,8 +249,15 @@ class Plan:
     warmup: int = 8
 
 
-def measure(urls: dict[str, str], model: str, plan: Plan, api_key: str | None = None) -> list[dict[str, Any]]:
-    """Every run: for each concurrency and repeat, both paths back to back (order alternating)."""
+def measure(
+    urls: dict[str, str],
+    model: str,
+    plan: Plan,
+    api_key: str | None = None,
+    meter: CpuMeter | None = None,
+) -> list[dict[str, Any]]:
+    """Every run: for each concurrency and repeat, both paths back to back (order alternating);
+    with ``meter``, the CPU seconds each process group spent in the run (``cpu_s``)."""
     runs = []
     salt = f"{random.getrandbits(32):08x}"
     total = len(plan.concurrency) * plan.repeats * len(PATHS)
@@ -260,7 +273,10 @@ def measure(urls: dict[str, str], model: str, plan: Plan, api_key: str | None = 
                 order = PATHS if repeat % 2 == 0 else PATHS[::-1]
                 for position, path in enumerate(order):
                     seed = 1000 * c + 10 * repeat + position
+                    before = meter.snapshot() if meter else {}
                     summary = asyncio.run(drive(urls[path], load.bodies(seed), c, api_key))
+                    if meter:
+                        summary["cpu_s"] = meter.since(before)
                     runs.append(
                         {"path": path, "concurrency": c, "repeat": repeat, "order": position} | summary
                     )
@@ -299,9 +315,29 @@ def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         if a is not None and d is not None
                     ]
                 )
+        row["cpu_us_per_chunk"] = _cpu_per_chunk([by[p][i] for p in PATHS for i in repeats])
         row["failed"] = sum(r["sent"] - r["succeeded"] for r in runs if r["concurrency"] == c)
         rows.append(row)
     return rows
+
+
+def _cpu_per_chunk(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per process group: CPU µs per streamed chunk on each path (median, min-max over repeats)
+    and app minus direct within a repeat: what the app's layer costs that process per chunk."""
+    runs = [r for r in runs if r.get("cpu_s") and r.get("chunks")]
+    per: dict[str, dict[str, dict[int, float]]] = {}
+    for r in runs:
+        for group, seconds in r["cpu_s"].items():
+            per.setdefault(group, {p: {} for p in PATHS})[r["path"]][r["repeat"]] = (
+                1e6 * seconds / r["chunks"]
+            )
+    out = {}
+    for group, paths in per.items():
+        both = sorted(set(paths["direct"]) & set(paths["app"]))
+        out[group] = {p: _spread(list(paths[p].values())) for p in PATHS} | {
+            "delta": _spread([paths["app"][i] - paths["direct"][i] for i in both])
+        }
+    return out
 
 
 GOALS = {
@@ -391,6 +427,25 @@ def markdown(results: dict[str, Any]) -> str:
                 f" | {_cell(cell['ratio'], 3)} | {delta} |"
             )
         lines.append(f"| {row['concurrency']} | failed requests | | {row['failed']} | | |")
+    if any(row.get("cpu_us_per_chunk") for row in results["comparison"]):
+        lines += [
+            "",
+            "## CPU per streamed chunk\n",
+            "CPU time (user + system) each process group spent in a run, divided by the chunks the"
+            " run streamed, in µs: median (min-max) over repeats; app-direct within a repeat."
+            " `replica`: the Ray worker holding the gate, Serve's ingress, vLLM's API server and"
+            " the engine client; `engine`: vLLM's engine core; `proxy`: HAProxy (or Serve's proxy);"
+            " `client`: the load generator; `other`: the rest of the machine (Ray's own processes,"
+            " and any other job).\n",
+            "| c | process | direct | through the app | app-direct |",
+            "|---|---|---|---|---|",
+        ]
+        for row in results["comparison"]:
+            for group, cell in row.get("cpu_us_per_chunk", {}).items():
+                lines.append(
+                    f"| {row['concurrency']} | {group} | {_cell(cell['direct'], 0)} | {_cell(cell['app'], 0)}"
+                    f" | {_cell(cell['delta'], 0)} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -445,11 +500,13 @@ def run(
 ) -> dict[str, Any]:
     """Deploy the app (one replica of ``model``: ``default``, ``tiny`` or a folder), measure, report."""
     import tempfile
+    from urllib.parse import urlsplit
 
     from ray import serve
 
     from ..server.app import APP_NAME, deployed
     from ..server.config import AppConfig
+    from .cpu_meter import CpuMeter
     from .environment import environment
 
     kind = "tiny" if model == "tiny" else "real"
@@ -473,7 +530,8 @@ def run(
         handle = serve.get_deployment_handle(config.models[0].deployment_name, APP_NAME)
         urls = {"direct": handle.engine_url.remote().result(), "app": f"http://127.0.0.1:{port}"}
         print(f"direct: {urls['direct']}  app: {urls['app']}", flush=True)
-        runs = measure(urls, "bench", plan, config.resolved_api_key())
+        meter = CpuMeter.for_serving(urlsplit(urls["direct"]).port, port)
+        runs = measure(urls, "bench", plan, config.resolved_api_key(), meter)
         env = environment(model=model, base_url=urls["direct"])
     rows = compare(runs)
     results = {
