@@ -70,10 +70,10 @@ class Scenario:
         """A scenario from a file (a path, or a shipped name such as ``default``), then ``overrides``."""
         data: dict[str, Any] = {}
         if source is not None:
-            path = Path(source)
-            if not path.exists() and (SCENARIO_DIR / f"{source}.yaml").exists():
+            path = Path(source)  # a file here, else a shipped name (a folder "backends" is neither)
+            if not path.is_file() and (SCENARIO_DIR / f"{source}.yaml").is_file():
                 path = SCENARIO_DIR / f"{source}.yaml"
-            if not path.exists():
+            if not path.is_file():
                 raise ValueError(f"no scenario file {source!r}: give a path or one of {NAMED}")
             text = path.read_text()
             if path.suffix == ".json":

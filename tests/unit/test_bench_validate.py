@@ -218,7 +218,9 @@ def test_default_plan_has_main_runs_a_sweep_and_a_poisson_run():
     assert firsts.count("raw") == firsts.count("package")  # each path goes first half the time
 
 
-def test_scenario_files_load_and_unknown_fields_are_refused(tmp_path):
+def test_scenario_files_load_and_unknown_fields_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "backends").mkdir()  # a results folder of that name does not hide the scenario
     for name in ("default", "full", "tiny", "backends"):
         assert Scenario.load(name).name == name
     bad = tmp_path / "bad.yaml"
