@@ -158,26 +158,40 @@ def sampling_params(request: Request | None, sampling: Sampling, engine_compact:
 
 
 def offline_raw(llm: Any, requests: Sequence[Request], sampling: Sampling) -> list[Record]:
-    """One ``LLM.chat`` call for the whole batch (the offline baseline).
+    """One ``LLM.chat`` call for the batch (the offline baseline).
 
-    Per-request TTFT and time per output token come from vLLM's request stats when the engine
-    logs them (``disable_log_stats=False``); per-token gaps are not exposed offline.
+    ``LLM.chat`` refuses the whole batch when vLLM's check refuses one request (a schema the
+    backend cannot compile), so that check runs first, untimed: each refused request is a
+    counted error and the rest go as one batch, as the package's ``batch`` does. Per-request
+    TTFT and time per output token come from vLLM's request stats when the engine logs them
+    (``disable_log_stats=False``); per-token gaps are not exposed offline.
     """
+    from ..engine_info import offline_vllm_config
+    from ..models.offline import engine_refusal
+
     compact = offline_engine_compact(llm)
+    config, tokenizer = offline_vllm_config(llm), llm.get_tokenizer()
     params = [sampling_params(r, sampling, compact) for r in requests]
+    records: list[Record | None] = [None] * len(requests)
+    for i, one in enumerate(params):
+        if one.structured_outputs is not None and (exc := engine_refusal(config, tokenizer, one)):
+            records[i] = Record(False, error=_error(exc))
+    sent = [i for i, record in enumerate(records) if record is None]
     start = time.perf_counter()
     try:
-        outputs = llm.chat([r.messages for r in requests], params, use_tqdm=False)
+        messages = [requests[i].messages for i in sent]
+        outputs = llm.chat(messages, [params[i] for i in sent], use_tqdm=False) if sent else []
     except Exception as exc:
-        return [Record(False, latency=time.perf_counter() - start, error=_error(exc)) for _ in requests]
+        outputs, failure = None, Record(False, latency=time.perf_counter() - start, error=_error(exc))
     end = time.perf_counter()
-    records = []
-    for out in outputs:
-        completion = out.outputs[0]
-        record = Record(True, completion.text, completion.finish_reason, latency=end - start)
-        engine_stats(record, out)
-        records.append(record)
-    return records
+    for n, i in enumerate(sent):
+        if outputs is None:
+            records[i] = failure
+            continue
+        completion = outputs[n].outputs[0]
+        records[i] = Record(True, completion.text, completion.finish_reason, latency=end - start)
+        engine_stats(records[i], outputs[n])
+    return records  # type: ignore[return-value]
 
 
 def engine_stats(record: Record, output: Any) -> None:

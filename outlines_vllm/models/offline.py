@@ -85,6 +85,18 @@ class _Request:
         return values if self.params.n > 1 else values[0]
 
 
+def engine_refusal(vllm_config: Any, tokenizer: Any, params: SamplingParams) -> Exception | None:
+    """vLLM's own check of one request, what adding it to the engine runs: the error it raises,
+    or None. ``LLM.generate`` raises that error for the whole batch when one request fails it."""
+    from vllm.exceptions import VLLMValidationError
+
+    try:
+        params.verify(vllm_config.model_config, None, vllm_config.structured_outputs_config, tokenizer)
+    except (ValueError, VLLMValidationError) as exc:
+        return exc
+    return None
+
+
 class _Offline:
     """Request building shared by the sync and async offline models."""
 
@@ -165,16 +177,10 @@ class _Offline:
     def _check(self, fields_json: str) -> bool:
         """Whether vLLM's check of a request (what adding it runs) accepts these fields."""
         from vllm import SamplingParams
-        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import StructuredOutputsParams
 
         params = SamplingParams(structured_outputs=StructuredOutputsParams(**json.loads(fields_json)))
-        config = self.vllm_config
-        try:
-            params.verify(config.model_config, None, config.structured_outputs_config, self.tokenizer)
-        except (ValueError, VLLMValidationError):
-            return False
-        return True
+        return engine_refusal(self.vllm_config, self.tokenizer, params) is None
 
     def _sampling_fields(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """SamplingParams fields from keyword arguments (openai names included), and the

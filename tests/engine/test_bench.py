@@ -122,3 +122,21 @@ def test_compliance_judges_real_schemas_through_the_engine(llm, tmp_path):
     for record in records:
         if record["accepted"] and record["judged"]:
             assert record["valid"] == (not record["truncated"] and record["reason"] is None)
+
+
+def test_the_raw_offline_path_counts_a_refused_request_and_answers_the_rest(llm):
+    """``LLM.chat`` refuses a whole batch for one request vLLM's check refuses: the raw path
+    counts that request as an error and still sends the others, as the package's batch does."""
+    from outlines_vllm.bench.paths import Sampling, offline_raw
+    from outlines_vllm.bench.workloads import Request
+    from outlines_vllm.types import output_spec
+
+    from ..runaway import nested
+
+    person, deep = output_spec(PERSON_SCHEMA), output_spec(nested(34))  # the schema: too deep
+    chat = [{"role": "user", "content": "Describe a person as JSON."}]
+    requests = [Request(chat, person, person), Request(chat, deep, deep), Request(chat, person, person)]
+    records = offline_raw(llm, requests, Sampling(max_tokens=24, temperature=0.0, seed=0))
+    assert [r.ok for r in records] == [True, False, True]
+    assert "nest" in records[1].error.lower(), records[1].error
+    assert records[0].text.startswith("{") and records[0].output_tokens
