@@ -172,26 +172,30 @@ def offline_raw(llm: Any, requests: Sequence[Request], sampling: Sampling) -> li
     compact = offline_engine_compact(llm)
     config, tokenizer = offline_vllm_config(llm), llm.get_tokenizer()
     params = [sampling_params(r, sampling, compact) for r in requests]
-    records: list[Record | None] = [None] * len(requests)
-    for i, one in enumerate(params):
-        if one.structured_outputs is not None and (exc := engine_refusal(config, tokenizer, one)):
-            records[i] = Record(False, error=_error(exc))
-    sent = [i for i, record in enumerate(records) if record is None]
+    refused = {
+        i: Record(False, error=_error(exc))
+        for i, one in enumerate(params)
+        if one.structured_outputs is not None and (exc := engine_refusal(config, tokenizer, one))
+    }
+    sent = [i for i in range(len(requests)) if i not in refused]
     start = time.perf_counter()
     try:
-        messages = [requests[i].messages for i in sent]
-        outputs = llm.chat(messages, [params[i] for i in sent], use_tqdm=False) if sent else []
+        outputs = llm.chat([requests[i].messages for i in sent], [params[i] for i in sent], use_tqdm=False)
     except Exception as exc:
-        outputs, failure = None, Record(False, latency=time.perf_counter() - start, error=_error(exc))
-    end = time.perf_counter()
-    for n, i in enumerate(sent):
-        if outputs is None:
-            records[i] = failure
-            continue
-        completion = outputs[n].outputs[0]
-        records[i] = Record(True, completion.text, completion.finish_reason, latency=end - start)
-        engine_stats(records[i], outputs[n])
-    return records  # type: ignore[return-value]
+        latency = time.perf_counter() - start
+        answers = [Record(False, latency=latency, error=_error(exc)) for _ in sent]
+    else:
+        latency = time.perf_counter() - start
+        answers = [_answered(out, latency) for out in outputs]
+    by_index = refused | dict(zip(sent, answers, strict=True))
+    return [by_index[i] for i in range(len(requests))]
+
+
+def _answered(output: Any, latency: float) -> Record:
+    completion = output.outputs[0]
+    record = Record(True, completion.text, completion.finish_reason, latency=latency)
+    engine_stats(record, output)
+    return record
 
 
 def engine_stats(record: Record, output: Any) -> None:
